@@ -1,0 +1,78 @@
+"""The environment contract: text in, text out, deterministic given the seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the agent sees at the start of an episode or after a step."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One environment transition; `feedback` is the textual verdict the reflection step reads."""
+
+    observation: Observation
+    reward: float
+    done: bool
+    feedback: str
+
+
+class Env(Protocol):
+    """A text environment. `step` never raises on agent text: unparseable actions are feedback."""
+
+    name: str
+    max_turns: int
+    action_format: str  # one line telling the agent how to answer, appended to every system prompt
+
+    def reset(self, seed: int) -> Observation: ...
+
+    def step(self, action: str) -> StepResult: ...
+
+
+EnvFactory = Callable[..., Env]
+_REGISTRY: dict[str, EnvFactory] = {}
+
+
+def register_env(name: str) -> Callable[[EnvFactory], EnvFactory]:
+    """Decorator: make an environment selectable by `env.name=<name>`."""
+
+    def wrap(factory: EnvFactory) -> EnvFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"environment {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def env_names() -> list[str]:
+    """Names accepted by `env.name`."""
+    from erl_mega import envs  # noqa: F401  (importing the package registers every environment)
+
+    return sorted(_REGISTRY)
+
+
+def make_env(name: str, **kwargs) -> Env:
+    """Build a registered environment; an unknown name is one clear error listing the known ones."""
+    names = env_names()
+    if name not in _REGISTRY:
+        raise ValueError(f"env.name={name!r} is not an environment; choose one of {names}")
+    return _REGISTRY[name](**kwargs)
+
+
+TEST_SEED_OFFSET = 1_000_000  # train seeds are [0, 1e6), held-out seeds [1e6, ...): disjoint by construction
+
+
+def task_seed(split: str, index: int) -> int:
+    """The environment seed of task `index` in `split` ('train' or 'test')."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}; choose 'train' or 'test'")
+    if not 0 <= index < TEST_SEED_OFFSET:
+        raise ValueError(f"task index {index} outside [0, {TEST_SEED_OFFSET})")
+    return index if split == "train" else TEST_SEED_OFFSET + index

@@ -1,0 +1,22 @@
+"""Build: the Python packages, the hydra configs (shipped as `erl_mega.configs`) and the C++ extension."""
+
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+native = Pybind11Extension(
+    "erl_mega._native",
+    sorted(glob("csrc/*.cpp")),
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=["-O3"],
+)
+
+setup(
+    packages=find_packages(include=["erl_mega", "erl_mega.*", "kernels", "kernels.*"]) + ["erl_mega.configs"],
+    package_dir={"erl_mega.configs": "configs"},
+    package_data={"erl_mega.configs": ["*.yaml", "*/*.yaml"]},
+    ext_modules=[native] if native.sources else [],
+    cmdclass={"build_ext": build_ext},
+)
