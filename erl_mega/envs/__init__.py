@@ -1,0 +1,3 @@
+"""Text environments; importing this package registers each of them."""
+
+from erl_mega.envs import frozenlake  # noqa: F401

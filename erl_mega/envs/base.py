@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -63,7 +64,12 @@ def make_env(name: str, **kwargs) -> Env:
     names = env_names()
     if name not in _REGISTRY:
         raise ValueError(f"env.name={name!r} is not an environment; choose one of {names}")
-    return _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"env {name!r}: bad options {sorted(kwargs)}: {err}") from None
+    return factory(**kwargs)
 
 
 TEST_SEED_OFFSET = 1_000_000  # train seeds are [0, 1e6), held-out seeds [1e6, ...): disjoint by construction

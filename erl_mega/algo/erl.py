@@ -1,0 +1,185 @@
+"""Experiential RL, one batch of tasks (arXiv 2602.13949, Algorithm 1).
+
+    for each task (an environment seed):
+        attempt 1: n rollouts with the initial system prompt; success = reward >= tau
+        if every rollout succeeded: train attempt 1 only
+        else, n times: reflect (memory or initial prompt, batch metrics, traces, feedback) -> <prompt>
+                       attempt 2: replay the same seed from scratch under the reflection
+                       if attempt 2 succeeded: memory <- reflection
+    train attempt 1, reflection and attempt 2 with group-relative advantages per role and task;
+    distil successful attempts 2 into the initial prompt (context distillation), weighted by r2.
+
+The workflow only speaks to the `RolloutEngine` and `Env` contracts; it knows nothing of training.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.algo.memory import ReflectionMemory
+from erl_mega.algo.prompts import parse_reflection, reflection_request, REFLECTION_SYSTEM, with_action_format
+from erl_mega.envs.base import Env
+from erl_mega.rollout.agent_loop import EpisodeSpec, complete_once, play_episodes
+from erl_mega.rollout.chat import ChatFormat
+from erl_mega.rollout.engine import RolloutEngine, SamplingParams
+from erl_mega.rollout.trajectory import Trajectory
+
+ALGORITHMS = ("erl", "grpo")
+
+
+@dataclass(frozen=True)
+class ErlConfig:
+    """The workflow's knobs; `algo=grpo` is attempt 1 alone, everything else equal."""
+
+    name: str = "erl"
+    n_rollouts: int = 4
+    success_threshold: float = 1.0  # tau
+    no_reflection: bool = False  # ablation: attempt 2 retries under the current prompt, no reflection rows
+    no_memory: bool = False  # ablation: every reflection starts from the initial prompt
+    no_distill: bool = False  # ablation: no context-distillation rows
+    traces_in_reflection: int = 2
+    memory_capacity: int = 16
+    advantage: str = "grpo"  # grpo | drgrpo
+    distill_coef: float = 1.0
+    loss: PolicyLossConfig = PolicyLossConfig()
+
+    def __post_init__(self) -> None:
+        if self.name not in ALGORITHMS:
+            raise ValueError(f"algo.name={self.name!r}; choose one of {list(ALGORITHMS)}")
+        if self.advantage not in ("grpo", "drgrpo"):
+            raise ValueError(f"algo.advantage={self.advantage!r}; choose 'grpo' or 'drgrpo'")
+        if self.n_rollouts < 1:
+            raise ValueError(f"algo.n_rollouts={self.n_rollouts}; must be >= 1")
+        if self.traces_in_reflection < 1:
+            raise ValueError(f"algo.traces_in_reflection={self.traces_in_reflection}; must be >= 1")
+
+
+@dataclass(frozen=True)
+class TaskEpisodes:
+    """Everything one task produced; reflections[i] led to attempt2[i]."""
+
+    env_seed: int
+    attempt1: tuple[Trajectory, ...]
+    reflections: tuple[Trajectory, ...] = ()
+    attempt2: tuple[Trajectory, ...] = ()
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """One batch of tasks and the workflow's metrics."""
+
+    tasks: tuple[TaskEpisodes, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ErlWorkflow:
+    """Collects ERL episodes for a batch of tasks through any rollout engine."""
+
+    cfg: ErlConfig
+    make_env: Callable[[], Env]
+    engine: RolloutEngine
+    chat: ChatFormat
+    initial_prompt: str
+    action_format: str
+    act_params: SamplingParams
+    reflect_params: SamplingParams
+    max_context: int
+    memory: ReflectionMemory
+
+    def collect(self, env_seeds: list[int], sample_seed: int) -> Episodes:
+        """Run the whole ERL episode for each task; `sample_seed` makes the batch reproducible."""
+        n, tau = self.cfg.n_rollouts, self.cfg.success_threshold
+        first_prompt = with_action_format(self.initial_prompt, self.action_format)
+        specs = [
+            EpisodeSpec(seed, first_prompt, _sseed(sample_seed, 0, t, i)) for t, seed in enumerate(env_seeds) for i in range(n)
+        ]
+        clock = time.perf_counter()
+        flat1 = self._play(specs)
+        seconds1 = time.perf_counter() - clock
+        attempt1 = [tuple(flat1[t * n : (t + 1) * n]) for t in range(len(env_seeds))]
+        success1 = sum(tr.reward >= tau for tr in flat1) / len(flat1)
+        failed = [t for t, group in enumerate(attempt1) if any(tr.reward < tau for tr in group)]
+        metrics = {"attempt1_success": success1, "tasks_failed": len(failed) / len(env_seeds), "time_attempt1": seconds1}
+        if self.cfg.name == "grpo" or not failed:
+            return Episodes(tuple(TaskEpisodes(s, a) for s, a in zip(env_seeds, attempt1)), metrics)
+
+        base = self.initial_prompt if self.cfg.no_memory else self.memory.current(self.initial_prompt)
+        clock = time.perf_counter()
+        reflections, prompts, missing = self._reflect(failed, attempt1, base, success1, sample_seed)
+        seconds_reflect = time.perf_counter() - clock
+        specs2 = [
+            EpisodeSpec(env_seeds[t], with_action_format(prompts[k * n + i], self.action_format), _sseed(sample_seed, 2, t, i))
+            for k, t in enumerate(failed)
+            for i in range(n)
+        ]
+        clock = time.perf_counter()
+        flat2 = self._play(specs2)
+        seconds2 = time.perf_counter() - clock
+        updates = 0
+        for k in range(len(failed)):
+            for i in range(n):
+                j = k * n + i
+                if not self.cfg.no_reflection and flat2[j].reward >= tau and not reflections[j].meta["tag_missing"]:
+                    if not self.cfg.no_memory:
+                        self.memory.add(prompts[j])
+                    updates += 1
+                if reflections:
+                    reflections[j] = replace(reflections[j], reward=flat2[j].reward)
+        tasks = []
+        for t, seed in enumerate(env_seeds):
+            if t in failed:
+                k = failed.index(t)
+                block = slice(k * n, (k + 1) * n)
+                tasks.append(TaskEpisodes(seed, attempt1[t], tuple(reflections[block]), tuple(flat2[block])))
+            else:
+                tasks.append(TaskEpisodes(seed, attempt1[t]))
+        success2 = sum(tr.reward >= tau for tr in flat2) / len(flat2)
+        metrics |= {
+            "attempt2_success": success2,
+            "reflection_rate": 0.0 if self.cfg.no_reflection else len(failed) * n / len(flat1),
+            "tag_missing_rate": missing / max(len(reflections), 1),
+            "memory_updates": float(updates),
+            "memory_size": float(len(self.memory.entries)),
+            "time_reflection": seconds_reflect,
+            "time_attempt2": seconds2,
+        }
+        return Episodes(tuple(tasks), metrics)
+
+    def _play(self, specs: list[EpisodeSpec]) -> list[Trajectory]:
+        return play_episodes(self.make_env, self.engine, self.chat, specs, self.act_params, self.max_context)
+
+    def _reflect(
+        self, failed: list[int], attempt1: list[tuple[Trajectory, ...]], base: str, success1: float, sample_seed: int
+    ) -> tuple[list[Trajectory], list[str], int]:
+        """n reflections per failed task; returns them, the attempt-2 prompts and the missing-tag count."""
+        n = self.cfg.n_rollouts
+        if self.cfg.no_reflection:
+            return [], [base] * (len(failed) * n), 0
+        conversations, seeds = [], []
+        for t in failed:
+            shown = _traces(attempt1[t], self.cfg.success_threshold, self.cfg.traces_in_reflection)
+            request = reflection_request(base, success1, shown)
+            conversations += [(REFLECTION_SYSTEM, request)] * n
+            seeds += [_sseed(sample_seed, 1, t, i) for i in range(n)]
+        raw = complete_once(self.engine, self.chat, conversations, self.reflect_params, seeds, self.max_context)
+        reflections, prompts, missing = [], [], 0
+        for tr in raw:
+            parsed = parse_reflection(tr.turns[0].reply, base)
+            missing += parsed.tag_missing
+            prompts.append(parsed.prompt)
+            reflections.append(replace(tr, meta={"tag_missing": parsed.tag_missing, "prompt": parsed.prompt}))
+        return reflections, prompts, missing
+
+
+def _traces(group: tuple[Trajectory, ...], tau: float, k: int) -> list[Trajectory]:
+    """The attempts a reflection reads: failures first, at most k."""
+    return sorted(group, key=lambda tr: tr.reward >= tau)[:k]
+
+
+def _sseed(base: int, phase: int, task: int, rollout: int) -> int:
+    # One reproducible sampling stream per (batch, phase, task, rollout).
+    return ((base * 3 + phase) * 4096 + task) * 256 + rollout

@@ -1,0 +1,179 @@
+"""Loss definitions (PyTorch references): PPO-clip policy loss, KL estimators, entropy, distillation.
+
+Every function takes per-token tensors of shape [B, T] (rows × positions, already aligned so that
+position t scores the token at t) and a float loss mask of the same shape. The Triton kernels in
+`kernels/` implement the same math and are tested against these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# ---- aggregation -----------------------------------------------------------------------------
+
+
+def _token_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def _seq_mean_token_sum(values: Tensor, mask: Tensor) -> Tensor:
+    rows = mask.sum(-1) > 0
+    return ((values * mask).sum(-1)[rows]).sum() / rows.sum().clamp_min(1)
+
+
+def _seq_mean_token_mean(values: Tensor, mask: Tensor) -> Tensor:
+    counts = mask.sum(-1)
+    rows = counts > 0
+    return ((values * mask).sum(-1)[rows] / counts[rows]).sum() / rows.sum().clamp_min(1)
+
+
+AGGREGATIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "token-mean": _token_mean,
+    "seq-mean-token-sum": _seq_mean_token_sum,
+    "seq-mean-token-mean": _seq_mean_token_mean,
+}
+
+
+def aggregate(values: Tensor, mask: Tensor, mode: str) -> Tensor:
+    """Reduce per-token values [B, T] to a scalar; rows with an empty mask do not count."""
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"loss aggregation {mode!r}; choose one of {sorted(AGGREGATIONS)}")
+    return AGGREGATIONS[mode](values, mask)
+
+
+# ---- KL estimators (per token, of KL(policy || reference)) ----------------------------------
+
+
+def _kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    return logp - ref_logp
+
+
+def _kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    log_ratio = ref_logp - logp
+    return log_ratio.exp() - log_ratio - 1.0
+
+
+def _kl_low_var(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    # k3 with the log-ratio clamped to ±20 and the result to [-10, 10]: the reference's "low_var_kl".
+    log_ratio = (ref_logp - logp).clamp(-20.0, 20.0)
+    return (log_ratio.exp() - log_ratio - 1.0).clamp(-10.0, 10.0)
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "k1": _kl_k1,
+    "k3": _kl_k3,
+    "low_var_kl": _kl_low_var,
+}
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
+    """Per-token KL estimate [B, T] of the policy from the reference policy."""
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"kl estimator {kind!r}; choose one of {sorted(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[kind](logp, ref_logp)
+
+
+# ---- policy loss ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    """PPO-clip knobs; defaults as the reference (DAPO clip-higher, dual-clip 3, low-var KL 1e-3)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.28  # clip-high 0.28: DAPO's clip-higher, as the reference
+    dual_clip: float | None = 3.0  # None disables; else the lower bound c on negative-advantage ratios
+    kl_coef: float = 0.001
+    kl_kind: str = "low_var_kl"
+    entropy_coef: float = 0.0
+    aggregation: str = "seq-mean-token-sum"
+    tis_cap: float | None = None  # truncated importance weight between trainer and rollout log-probs
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ValueError(f"clip_low={self.clip_low}, clip_high={self.clip_high}; need 0<=low<1, high>=0")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip={self.dual_clip}; must be > 1 or None")
+        if self.kl_kind not in KL_ESTIMATORS:
+            raise ValueError(f"kl_kind={self.kl_kind!r}; choose one of {sorted(KL_ESTIMATORS)}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation={self.aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ValueError(f"tis_cap={self.tis_cap}; must be > 0 or None")
+
+
+def ppo_clip_per_token(logp: Tensor, old_logp: Tensor, advantages: Tensor, cfg: PolicyLossConfig) -> tuple[Tensor, Tensor]:
+    """Per-token clipped surrogate loss [B, T] and whether each token was clipped [B, T]."""
+    ratio = (logp - old_logp).exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    was_clipped = clipped > unclipped
+    if cfg.dual_clip is not None:
+        # Dual-clip (Ye et al. 2020): for A < 0 bound the loss by -c·A so huge ratios cannot explode it.
+        bound = -advantages * cfg.dual_clip
+        dual = torch.minimum(loss, bound)
+        was_clipped = was_clipped | ((advantages < 0) & (loss > bound))
+        loss = torch.where(advantages < 0, dual, loss)
+    return loss, was_clipped
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PolicyLossConfig,
+    ref_logp: Tensor | None = None,
+    entropy: Tensor | None = None,
+    rollout_logp: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The GRPO/PPO objective for one batch: clipped surrogate + KL + entropy bonus, aggregated."""
+    per_token, was_clipped = ppo_clip_per_token(logp, old_logp, advantages, cfg)
+    if cfg.tis_cap is not None and rollout_logp is not None:
+        # Truncated importance sampling: correct for the rollout engine sampling from a slightly
+        # different distribution than the trainer computes (numerics, stale weights).
+        per_token = per_token * (old_logp - rollout_logp).exp().clamp(max=cfg.tis_cap).detach()
+    metrics: dict[str, Tensor] = {"clip_frac": _token_mean(was_clipped.float(), mask).detach()}
+    if cfg.kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("kl_coef > 0 needs reference log-probs (ref_logp)")
+        kl = kl_penalty(logp, ref_logp, cfg.kl_kind)
+        per_token = per_token + cfg.kl_coef * kl
+        metrics["kl"] = _token_mean(kl, mask).detach()
+    if cfg.entropy_coef > 0:
+        if entropy is None:
+            raise ValueError("entropy_coef > 0 needs per-token entropy")
+        per_token = per_token - cfg.entropy_coef * entropy
+    if entropy is not None:
+        metrics["entropy"] = _token_mean(entropy, mask).detach()
+    loss = aggregate(per_token, mask, cfg.aggregation)
+    metrics["policy_loss"] = loss.detach()
+    return loss, metrics
+
+
+# ---- distillation ----------------------------------------------------------------------------
+
+
+def distill_loss(logp: Tensor, mask: Tensor, weights: Tensor, aggregation: str) -> Tensor:
+    """Weighted SFT cross-entropy: -log p of the target tokens, each row scaled by its weight [B]."""
+    return aggregate(-logp * weights[:, None], mask, aggregation)
+
+
+# ---- token statistics from logits --------------------------------------------------------------
+
+
+def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """log p(target) under softmax(logits / T): logits [B, T, V], targets [B, T] -> [B, T] fp32."""
+    logits = logits.float() / temperature
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy of softmax(logits / T) per position: [B, T, V] -> [B, T] fp32."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)

@@ -1,0 +1,50 @@
+"""Training rows from ERL episodes: policy rows with group advantages per role, and distillation rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from erl_mega.algo.advantages import group_advantages
+from erl_mega.algo.erl import Episodes
+from erl_mega.rollout.trajectory import Segment, Trajectory
+
+ROLES = ("attempt1", "reflection", "attempt2")
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    """One sequence to train on. `kind='policy'`: PPO-clip with `advantage`; `'distill'`: SFT scaled by `weight`."""
+
+    trajectory: Trajectory
+    kind: str
+    role: str
+    advantage: float = 0.0
+    weight: float = 0.0
+
+
+def policy_rows(episodes: Episodes, mode: str = "grpo") -> list[TrainRow]:
+    """Every attempt and reflection, its advantage normalised within (role, task); a reflection's reward is r2."""
+    trajectories, roles, groups = [], [], []
+    for task_index, task in enumerate(episodes.tasks):
+        for role in ROLES:
+            for tr in getattr(task, role):
+                trajectories.append(tr)
+                roles.append(role)
+                groups.append(task_index * len(ROLES) + ROLES.index(role))
+    if not trajectories:
+        return []
+    rewards = torch.tensor([tr.reward for tr in trajectories])
+    adv = group_advantages(rewards, torch.tensor(groups), mode)
+    return [TrainRow(tr, "policy", role, float(a)) for tr, role, a in zip(trajectories, roles, adv)]
+
+
+def distill_rows(episodes: Episodes, initial_system: Segment) -> list[TrainRow]:
+    """Successful attempts 2 re-paired with the initial system prompt (context distillation), weight r2."""
+    return [
+        TrainRow(tr.with_system(initial_system), "distill", "attempt2", weight=tr.reward)
+        for task in episodes.tasks
+        for tr in task.attempt2
+        if tr.reward > 0
+    ]

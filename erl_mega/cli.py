@@ -1,0 +1,44 @@
+"""The `erl-mega` command: `train` and `eval`, each taking hydra overrides (`key=value`, `group=option`)."""
+
+from __future__ import annotations
+
+import sys
+
+from omegaconf import OmegaConf
+
+from erl_mega.config.schema import RunConfig, build
+
+USAGE = "usage: erl-mega {train,eval} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
+
+
+def load_config(overrides: list[str]) -> RunConfig:
+    """Compose the hydra configs with `overrides` and validate them into a RunConfig (ValueError if bad)."""
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module(config_module="erl_mega.configs", version_base=None):
+            raw = compose(config_name="config", overrides=overrides)
+    except Exception as err:  # hydra's own messages span lines; one line is enough to act on
+        raise ValueError(str(err).strip().splitlines()[0]) from None
+    return build(RunConfig, OmegaConf.to_container(raw, resolve=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("train", "eval"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args[1:])
+    except ValueError as err:
+        print(f"erl-mega: config error: {err}", file=sys.stderr)
+        return 2
+    if args[0] == "train":
+        from erl_mega.run import train
+
+        train(cfg)
+    else:
+        from erl_mega.run import evaluate_policy
+
+        evaluate_policy(cfg)
+    return 0

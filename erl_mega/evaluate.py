@@ -1,0 +1,35 @@
+"""Held-out evaluation: first attempt only, initial prompt, greedy; the metric that matters at deployment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from erl_mega.algo.prompts import with_action_format
+from erl_mega.envs.base import task_seed
+from erl_mega.rollout.agent_loop import EpisodeSpec, play_episodes
+from erl_mega.rollout.engine import SamplingParams
+from erl_mega.rollout.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    success: float  # fraction of held-out tasks solved (reward >= tau) on the first attempt
+    mean_reward: float
+    mean_turns: float
+    episodes: tuple[Trajectory, ...]
+
+
+def evaluate(make_env, engine, chat, initial_prompt: str, action_format: str, num_tasks: int, max_new_tokens: int,
+             max_context: int, tau: float = 1.0) -> EvalResult:
+    """Greedy first attempts on the first `num_tasks` held-out seeds (disjoint from training seeds)."""
+    system = with_action_format(initial_prompt, action_format)
+    specs = [EpisodeSpec(task_seed("test", i), system, i) for i in range(num_tasks)]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=chat.stop_ids)
+    episodes = play_episodes(make_env, engine, chat, specs, params, max_context)
+    n = max(len(episodes), 1)
+    return EvalResult(
+        success=sum(e.reward >= tau for e in episodes) / n,
+        mean_reward=sum(e.reward for e in episodes) / n,
+        mean_turns=sum(len(e.turns) for e in episodes) / n,
+        episodes=tuple(episodes),
+    )

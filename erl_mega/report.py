@@ -1,0 +1,62 @@
+"""What a run shows at its end: the held-out table, the curves as a PNG, a few episodes as text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from erl_mega.metrics import read_metrics  # noqa: E402
+from erl_mega.rollout.trajectory import Trajectory  # noqa: E402
+
+
+def eval_table(results: dict[str, dict], cfg) -> Table:
+    """Base vs trained policy on held-out tasks: first attempt, initial prompt, greedy."""
+    table = Table(title=f"held-out {cfg.env.name}: first attempt, initial prompt ({cfg.eval_tasks} tasks, greedy)")
+    for column in ("policy", "success", "mean reward", "mean turns"):
+        table.add_column(column, justify="right" if column != "policy" else "left")
+    names = {"base": "base policy", "trained": f"after {cfg.steps} {cfg.algo.name} steps"}
+    for key, r in results.items():
+        table.add_row(names.get(key, key), f"{100 * r['success']:.1f} %", f"{r['mean_reward']:.3f}", f"{r['mean_turns']:.2f}")
+    return table
+
+
+def plot_curves(metrics_path: Path, results: dict[str, dict], out: Path) -> Path:
+    """Training success (attempts 1 and 2), losses and the held-out results, in one PNG."""
+    rows = read_metrics(metrics_path)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("attempt1_success", "attempt 1 (train)"), ("attempt2_success", "attempt 2 (train)")):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax1.plot(*zip(*pts), marker=".", label=label)
+    for key, style in (("base", ":"), ("trained", "--")):
+        if key in results:
+            ax1.axhline(results[key]["success"], linestyle=style, color="k", label=f"held-out {key}")
+    ax1.set(xlabel="step", ylabel="success rate", ylim=(0, 1.02), title="success")
+    ax1.legend(fontsize=8)
+    for key in ("policy_loss", "distill_loss", "kl"):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax2.plot(*zip(*pts), label=key)
+    ax2.set(xlabel="step", title="losses")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_samples(path: Path, episodes: tuple[Trajectory, ...] | list[Trajectory]) -> Path:
+    """A few episodes as readable Markdown: each reply and the environment's answer."""
+    lines = []
+    for i, ep in enumerate(episodes):
+        lines.append(f"## episode {i + 1}: reward {ep.reward}\n")
+        for t, turn in enumerate(ep.turns):
+            lines.append(f"{t + 1}. `{turn.reply.strip()}` -> {turn.feedback}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
