@@ -10,7 +10,7 @@ from erl_mega.algo.advantages import group_advantages
 from erl_mega.algo.erl import Episodes
 from erl_mega.rollout.trajectory import Segment, Trajectory
 
-ROLES = ("attempt1", "reflection", "attempt2")
+ROLES = {"attempt1": "attempt1", "reflection": "reflections", "attempt2": "attempt2"}  # role -> TaskEpisodes field
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,11 @@ def policy_rows(episodes: Episodes, mode: str = "grpo") -> list[TrainRow]:
     """Every attempt and reflection, its advantage normalised within (role, task); a reflection's reward is r2."""
     trajectories, roles, groups = [], [], []
     for task_index, task in enumerate(episodes.tasks):
-        for role in ROLES:
-            for tr in getattr(task, role):
+        for role_index, (role, attribute) in enumerate(ROLES.items()):
+            for tr in getattr(task, attribute):
                 trajectories.append(tr)
                 roles.append(role)
-                groups.append(task_index * len(ROLES) + ROLES.index(role))
+                groups.append(task_index * len(ROLES) + role_index)
     if not trajectories:
         return []
     rewards = torch.tensor([tr.reward for tr in trajectories])
