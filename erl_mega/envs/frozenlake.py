@@ -77,7 +77,7 @@ class FrozenLake:
         move = parse_action(action)
         reward, fell = 0.0, False
         if move is None:
-            note = f"Invalid move. {ACTION_FORMAT}"
+            note = "Invalid move: no <action> tag with up, down, left or right."
         else:
             _, reward, terminated, _, _ = self._env.step(ACTIONS[move])
             fell = terminated and reward == 0

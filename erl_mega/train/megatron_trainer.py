@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -38,10 +37,12 @@ class MegatronTrainer:
         self.hf_config = load_hf_config(hf_path)
         self.optim_cfg, self.loss_cfg = optim, loss
         self.model = build_gpt_model(self.hf_config)
-        self.model.load_state_dict(hf_to_megatron(load_hf_state(hf_path), self.hf_config), strict=False)
+        self.model.load_state_dict(hf_to_megatron(load_hf_state(hf_path), self.hf_config), strict=True)
         self.reference = None
         if loss.policy.kl_coef > 0:
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference = build_gpt_model(self.hf_config)  # a deepcopy would copy process groups
+            self.reference.load_state_dict(self.model.state_dict())
+            self.reference.eval().requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay)
         self.version = 0
@@ -120,9 +121,9 @@ class MegatronTrainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"], strict=False)
+        self.model.load_state_dict(state["model"], strict=True)
         if self.reference is not None and state["reference"] is not None:
-            self.reference.load_state_dict(state["reference"], strict=False)
+            self.reference.load_state_dict(state["reference"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = state["version"]
 

@@ -1,0 +1,75 @@
+"""torch.distributed and megatron-core parallel state: one call sets them up, one tears them down."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+from erl_mega.train import cpu_compat
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def init_parallel(tp: int = 1, pp: int = 1, seed: int = 0) -> None:
+    """Join (or create) the process group, build megatron's TP/PP/DP groups and seed every RNG.
+
+    Under torchrun the group comes from its env vars; otherwise it is a single local process.
+    A repeated call with the same tp/pp keeps the groups and only reseeds.
+    """
+    if tp < 1:
+        raise ValueError(f"tp={tp}; must be >= 1")
+    if pp < 1:
+        raise ValueError(f"pp={pp}; must be >= 1")
+    if not dist.is_initialized():
+        _init_process_group()
+    world_size = dist.get_world_size()
+    if world_size % (tp * pp) != 0:
+        raise ValueError(f"tp * pp = {tp * pp} must divide the world size {world_size}")
+    if parallel_state.model_parallel_is_initialized():
+        current = (
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size(),
+        )
+        if current != (tp, pp):
+            raise ValueError(
+                f"parallel state already has (tp, pp) = {current}, asked for ({tp}, {pp}); "
+                "call destroy_parallel() first"
+            )
+    else:
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+        )
+    _seed(seed)
+
+
+def destroy_parallel() -> None:
+    """Tear down megatron's parallel state and the default process group (safe if neither exists)."""
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _init_process_group() -> None:
+    """Init the default group: gloo on the host, nccl on CUDA (one device per local rank)."""
+    backend = "gloo" if cpu_compat.on_host() else "nccl"
+    if all(var in os.environ for var in _TORCHRUN_VARS):
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, init_method="env://")
+        return
+    # Port 0: the OS picks a free port, so concurrent single-process runs never collide.
+    store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True)
+    dist.init_process_group(backend, store=store, rank=0, world_size=1)
+
+
+def _seed(seed: int) -> None:
+    """Seed torch and megatron's model-parallel RNG tracker."""
+    if cpu_compat.on_host():
+        cpu_compat.seed_host_rng(seed)
+        return
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
