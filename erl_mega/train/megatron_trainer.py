@@ -81,7 +81,7 @@ class MegatronTrainer:
                 share = _units(dmask, self.loss_cfg.distill_aggregation) / distill_units
                 d = distill_loss(logp, dmask, mb.distill_weight, self.loss_cfg.distill_aggregation)
                 total = total + self.loss_cfg.distill_coef * share * d
-                sums["distill_loss"] = sums.get("distill_loss", 0.0) + share * float(d)
+                sums["distill_loss"] = sums.get("distill_loss", 0.0) + share * float(d.detach())
             if total.requires_grad:
                 total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
