@@ -9,6 +9,7 @@ native = Pybind11Extension(
     "erl_mega._native",
     sorted(glob("csrc/*.cpp")),
     include_dirs=["csrc"],
+    depends=sorted(glob("csrc/*.h")),
     cxx_std=17,
     extra_compile_args=["-O3"],
 )

@@ -1,3 +1,3 @@
 """Text environments; importing this package registers each of them."""
 
-from erl_mega.envs import frozenlake  # noqa: F401
+from erl_mega.envs import frozenlake, hotpotqa, sokoban  # noqa: F401

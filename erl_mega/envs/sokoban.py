@@ -1,0 +1,161 @@
+"""Sokoban as a multi-turn text game, on levels generated and optimally solved in C++ (csrc/sokoban.cpp).
+
+Symbols are remapped so the rules are not given away by the letters (no XSB "#", "$", "."): `%` wall,
+`.` floor, `*` target, `o` box, `Q` box on a target, `@` the agent, `&` the agent on a target. One move
+per turn, answered as `<action>up</action>` (up/down/left/right), exactly as in FrozenLake; a reply
+without a valid move, or a move into a wall or a box that cannot be pushed, uses the turn and says so.
+Reward 1 when every box is on a target. The episode ends solved, at the step limit, or stuck: a box
+pushed into a corner that is not a target can never move again, so nothing is left to play for.
+Every level is solvable within `max_turns` moves; `solution` holds one optimal plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from erl_mega.envs.base import Observation, StepResult, register_env
+from erl_mega.envs.frozenlake import ACTION_FORMAT, parse_action
+from erl_mega.native import sokoban_generate
+
+SYMBOLS = {"#": "%", " ": ".", ".": "*", "$": "o", "*": "Q", "@": "@", "+": "&"}  # XSB -> shown
+PLAN_ACTIONS = {"U": "up", "D": "down", "L": "left", "R": "right"}  # solver plan letters -> action words
+
+
+@dataclass(frozen=True)
+class Level:
+    """XSB rows parsed onto a grid framed by one more ring of walls; cells are row * width + column."""
+
+    width: int
+    height: int
+    walls: frozenset[int]
+    goals: frozenset[int]
+    boxes: frozenset[int]
+    player: int
+
+    def offset(self, move: str) -> int:
+        """The flat-index offset of one move ('up', 'down', 'left' or 'right')."""
+        return {"up": -self.width, "down": self.width, "left": -1, "right": 1}[move]
+
+    def position(self, cell: int) -> tuple[int, int]:
+        """(row, column) of a cell in the unframed rows."""
+        row, col = divmod(cell, self.width)
+        return row - 1, col - 1
+
+
+def parse_xsb(rows: list[str]) -> Level:
+    """Parse XSB rows ('#' wall, ' ' floor, '.' goal, '$' box, '*' box on goal, '@' / '+' player)."""
+    width = max(map(len, rows), default=0) + 2
+    framed = ["#" * width] + ["#" + row.ljust(width - 2, "#") + "#" for row in rows] + ["#" * width]
+    cells = {i * width + j: ch for i, row in enumerate(framed) for j, ch in enumerate(row)}
+    players = [c for c, ch in cells.items() if ch in "@+"]
+    if len(players) != 1 or set(cells.values()) - set(SYMBOLS):
+        raise ValueError(f"rows={rows!r}: an XSB level has one player and only the characters # .$*@+")
+    return Level(
+        width=width,
+        height=len(framed),
+        walls=frozenset(c for c, ch in cells.items() if ch == "#"),
+        goals=frozenset(c for c, ch in cells.items() if ch in ".*+"),
+        boxes=frozenset(c for c, ch in cells.items() if ch in "$*"),
+        player=players[0],
+    )
+
+
+class Sokoban:
+    """A generated level per seed; reward 1 when solved; feedback tells solved, stuck and step limit apart."""
+
+    name = "sokoban"
+    action_format = ACTION_FORMAT
+
+    def __init__(self, *, max_turns: int = 20, room_size: int = 6, num_boxes: int = 1) -> None:
+        if max_turns < 1:
+            raise ValueError(f"env.max_turns={max_turns}; must be >= 1")
+        if not 5 <= room_size <= 10:
+            raise ValueError(f"env.options.room_size={room_size}; must be in [5, 10] (walls included)")
+        if not 1 <= num_boxes <= 4:
+            raise ValueError(f"env.options.num_boxes={num_boxes}; must be in [1, 4]")
+        self.max_turns, self.room_size, self.num_boxes = max_turns, room_size, num_boxes
+        self.level: Level | None = None
+        self.solution = ""  # one optimal plan of the current level, as 'UDLR' letters
+        self.boxes: set[int] = set()
+        self.player = 0
+        self.turns = 0
+        self.done = True
+
+    def reset(self, seed: int) -> Observation:
+        """Start the episode of `seed`: the level is a pure function of it and of the options."""
+        if seed < 0:
+            raise ValueError(f"seed={seed}; must be >= 0")
+        rows, self.solution = sokoban_generate(seed, self.room_size, self.num_boxes, self.max_turns)
+        self.level = parse_xsb(rows)
+        self.boxes, self.player = set(self.level.boxes), self.level.player
+        self.turns, self.done = 0, False
+        return Observation(self.render())
+
+    def render(self) -> str:
+        """The room as text rows in the remapped symbols."""
+        level, shown = self.level, []
+        for row in range(1, level.height - 1):
+            line = ""
+            for cell in range(row * level.width + 1, (row + 1) * level.width - 1):
+                xsb = "#" if cell in level.walls else " "
+                if cell in self.boxes:
+                    xsb = "$"
+                if cell == self.player:
+                    xsb = "@"
+                if cell in level.goals:
+                    xsb = {" ": ".", "$": "*", "@": "+"}[xsb]
+                line += SYMBOLS[xsb]
+            shown.append(line)
+        return "\n".join(shown)
+
+    def step(self, action: str) -> StepResult:
+        """Apply one reply; never raises on agent text."""
+        if self.done:
+            raise RuntimeError("step() after the episode ended; call reset(seed) first")
+        self.turns += 1
+        move = parse_action(action)
+        note, cornered = (f"Invalid move. {ACTION_FORMAT}", None) if move is None else self._move(move)
+        if self.boxes <= self.level.goals:
+            return self._end(1.0, f"Success: every box is on a target after {self.turns} steps.")
+        if cornered is not None:
+            row, col = self.level.position(cornered)
+            return self._end(
+                0.0,
+                f"Failure: stuck; the box pushed to row {row}, column {col} is in a corner it can never leave, "
+                f"after {self.turns} steps.",
+            )
+        if self.turns >= self.max_turns:
+            placed = len(self.boxes & self.level.goals)
+            return self._end(
+                0.0,
+                f"Failure: step limit of {self.max_turns} reached with {placed} of {len(self.boxes)} boxes on targets.",
+            )
+        return StepResult(Observation(f"{note}\n{self.render()}"), 0.0, False, note)
+
+    def _move(self, move: str) -> tuple[str, int | None]:
+        """Play one move: (what happened, the cell of a box just pushed into a dead corner or None)."""
+        walls, delta = self.level.walls, self.level.offset(move)
+        target = self.player + delta
+        if target in walls:
+            return f"No effect: a wall blocks {move}.", None
+        if target not in self.boxes:
+            self.player = target
+            return f"You moved {move}.", None
+        pushed_to = target + delta
+        if pushed_to in walls or pushed_to in self.boxes:
+            return f"No effect: the box cannot be pushed {move}.", None
+        self.boxes.remove(target)
+        self.boxes.add(pushed_to)
+        self.player = target
+        width = self.level.width
+        cornered = (pushed_to - width in walls or pushed_to + width in walls) and (
+            pushed_to - 1 in walls or pushed_to + 1 in walls
+        )
+        return f"You pushed a box {move}.", pushed_to if cornered and pushed_to not in self.level.goals else None
+
+    def _end(self, reward: float, feedback: str) -> StepResult:
+        self.done = True
+        return StepResult(Observation(feedback), reward, True, feedback)
+
+
+register_env("sokoban")(Sokoban)
