@@ -132,6 +132,8 @@ def train(cfg: RunConfig) -> dict[str, EvalResult]:
             metrics = train_step(step, cfg, workflow, trainer, sync, c, initial_system)
             log.write(step, metrics)
             bar.update(task, advance=1, info=_summary(metrics))
+            if not console.is_terminal:  # logs (CI, SLURM) get a line per step instead of a live bar
+                console.print(f"step {step}/{cfg.steps}: {_summary(metrics)}")
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 save_checkpoint(out, step, trainer, memory, {"base_eval": base_eval})
     log.close()

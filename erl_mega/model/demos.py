@@ -48,10 +48,10 @@ def advice(feedback: str) -> str:
     """The lesson a good reflection draws from one failure's feedback."""
     if "hole" in feedback:
         where = feedback.split("hole at ")[1].split(" after")[0]
-        return f"The x cells end the game; one is at {where}. Take the shortest path to * around every x."
+        return f"Avoid the x at {where}. Take the shortest safe path to *."
     if "step limit" in feedback:
-        return "Each move counts. Go straight to the * cell on the shortest path and avoid x cells."
-    return "Reach the * cell on the shortest path and never step on an x cell."
+        return "Do not waste moves. Take the shortest safe path to *."
+    return "Answer with one action tag. Take the shortest safe path to *."
 
 
 def demo_episode(env: FrozenLake, chat: ChatFormat, seed: int, system: str, noise: float, rng: random.Random) -> Trajectory:

@@ -21,7 +21,7 @@ from erl_mega.train.batch import collate
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.train.trainer import TrainerConfig
 
-RECIPE_VERSION = 1  # bump when demonstrations or the warm-up change, so stale caches are not reused
+RECIPE_VERSION = 2  # bump when demonstrations or the warm-up change, so stale caches are not reused
 
 
 def base_policy_dir(model: ModelConfig, env: EnvConfig, seed: int) -> Path:
