@@ -18,8 +18,9 @@ def load_config(overrides: list[str]) -> RunConfig:
     try:
         with initialize_config_module(config_module="erl_mega.configs", version_base=None):
             raw = compose(config_name="config", overrides=overrides)
-    except Exception as err:  # hydra's own messages span lines; one line is enough to act on
-        raise ValueError(str(err).strip().splitlines()[0]) from None
+    except Exception as err:  # hydra's messages span lines: keep the verdict and its reason on one
+        lines = [l.strip() for l in str(err).strip().splitlines() if l.strip() and not l.startswith("To append")]
+        raise ValueError(" ".join(lines).split(" Config search path")[0][:300]) from None
     return build(RunConfig, OmegaConf.to_container(raw, resolve=True))
 
 

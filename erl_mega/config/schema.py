@@ -15,6 +15,8 @@ from erl_mega.train.trainer import TrainerConfig
 
 @dataclass(frozen=True)
 class TinyModelConfig:
+    """The embedded default's architecture (`model.tiny.*`)."""
+
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -32,6 +34,8 @@ class TinyModelConfig:
 
 @dataclass(frozen=True)
 class WarmupConfig:
+    """The base policy's SFT warm-up on demonstrations (`model.warmup.*`)."""
+
     episodes: int
     epochs: int
     lr: float
@@ -48,6 +52,8 @@ class WarmupConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Which policy to train: `path` to an HF checkpoint, or the embedded tiny default (`model.*`)."""
+
     path: str | None
     cache_dir: str
     dtype: str
@@ -61,6 +67,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EnvConfig:
+    """The environment, its turn limit, the initial system prompt and its own options (`env.*`)."""
+
     name: str
     max_turns: int
     initial_prompt: str
@@ -74,6 +82,8 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
+    """The rollout backend and sampling (`rollout.*`)."""
+
     backend: str
     temperature: float
     top_p: float
@@ -90,6 +100,8 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One run: the top-level keys plus one section per concern."""
+
     steps: int
     tasks_per_step: int
     seed: int
