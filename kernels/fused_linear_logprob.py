@@ -1,0 +1,262 @@
+"""Fused lm-head log-prob / entropy + PPO-clip policy loss (Triton), without [N, V] logits.
+
+Same math as `erl_mega.algo.losses.policy_loss` on `token_logprobs` / `token_entropy` of
+hidden @ weight.T: clip-low/high, dual-clip, KL k1/k3/low_var_kl, entropy bonus, truncated importance
+weights and the three aggregations. The per-token loss and its derivative are one Triton kernel;
+the vocab-wide work is `kernels.chunked_lm_head`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from erl_mega.algo.losses import PolicyLossConfig
+from kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, CoefFn, lm_head_pass
+from kernels.results import PolicyLossOutput
+from kernels.token_layout import aggregation_weights, flatten_tokens
+
+KL_KINDS = {"k1": 1, "k3": 2, "low_var_kl": 3}  # 0: no KL term (kl_coef == 0)
+BLOCK_TOKENS = 1024
+
+
+@triton.jit
+def _policy_token_kernel(
+    logp_ptr,
+    entropy_ptr,
+    old_ptr,
+    adv_ptr,
+    ref_ptr,
+    rollout_ptr,
+    mask_ptr,
+    agg_ptr,
+    per_token_ptr,
+    clipped_ptr,
+    kl_ptr,
+    g_logp_ptr,
+    g_entropy_ptr,
+    n,
+    clip_low,
+    clip_high,
+    dual_clip,
+    kl_coef,
+    entropy_coef,
+    tis_cap,
+    HAS_DUAL: tl.constexpr,
+    HAS_TIS: tl.constexpr,
+    KL_KIND: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Per-token loss, clipped flag and KL, and d(aggregated loss)/d(logp), d(.)/d(entropy)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n
+    logp = tl.load(logp_ptr + offs, mask=valid, other=0.0)
+    old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    adv = tl.load(adv_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    entropy = tl.load(entropy_ptr + offs, mask=valid, other=0.0)
+    live = tl.load(mask_ptr + offs, mask=valid, other=0.0).to(tl.float32) != 0
+    agg = tl.load(agg_ptr + offs, mask=valid, other=0.0)
+
+    ratio = tl.exp(logp - old)
+    unclipped = -adv * ratio
+    clipped = -adv * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+    loss = tl.maximum(unclipped, clipped)
+    # inside the clip range both branches are equal and both carry -A·ratio (torch splits the tie)
+    d_loss = tl.where(unclipped >= clipped, -adv * ratio, 0.0)
+    was_clipped = clipped > unclipped
+    if HAS_DUAL:
+        bound = -adv * dual_clip
+        over = (adv < 0) & (loss > bound)
+        was_clipped = was_clipped | over
+        loss = tl.where(over, bound, loss)
+        d_loss = tl.where(over, 0.0, d_loss)
+    if HAS_TIS:
+        rollout = tl.load(rollout_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+        tis = tl.minimum(tl.exp(old - rollout), tis_cap)
+        loss = loss * tis
+        d_loss = d_loss * tis
+    if KL_KIND != 0:
+        ref = tl.load(ref_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+        if KL_KIND == 1:
+            kl = logp - ref
+            d_kl = tl.full(kl.shape, 1.0, tl.float32)
+        elif KL_KIND == 2:
+            e = tl.exp(ref - logp)
+            kl = e - (ref - logp) - 1.0
+            d_kl = 1.0 - e
+        else:
+            raw = ref - logp
+            x = tl.minimum(tl.maximum(raw, -20.0), 20.0)
+            e = tl.exp(x)
+            kl_raw = e - x - 1.0
+            kl = tl.minimum(tl.maximum(kl_raw, -10.0), 10.0)
+            inside = (raw >= -20.0) & (raw <= 20.0) & (kl_raw >= -10.0) & (kl_raw <= 10.0)
+            d_kl = tl.where(inside, 1.0 - e, 0.0)
+        loss = loss + kl_coef * kl
+        d_loss = d_loss + kl_coef * d_kl
+        tl.store(kl_ptr + offs, tl.where(live, kl, 0.0), mask=valid)
+    loss = loss - entropy_coef * entropy
+    tl.store(per_token_ptr + offs, tl.where(live, loss, 0.0), mask=valid)
+    tl.store(clipped_ptr + offs, (was_clipped & live).to(tl.float32), mask=valid)
+    tl.store(g_logp_ptr + offs, tl.where(live, agg * d_loss, 0.0), mask=valid)
+    tl.store(g_entropy_ptr + offs, -entropy_coef * agg, mask=valid)
+
+
+def _policy_coefs(tokens: dict, agg: Tensor, out: dict[str, Tensor], cfg: PolicyLossConfig) -> CoefFn:
+    """The CoefFn of the policy loss: runs the per-token kernel on a chunk, filling `out` as it goes."""
+    has_tis = cfg.tis_cap is not None and tokens["rollout_logp"] is not None
+    kl_kind = KL_KINDS[cfg.kl_kind] if cfg.kl_coef > 0 else 0
+
+    def coefs(start: int, end: int, logp: Tensor, entropy: Tensor) -> tuple[Tensor, Tensor | None]:
+        g_logp, g_entropy = torch.empty_like(logp), torch.empty_like(logp)
+        part = {k: v[start:end] if v is not None else logp for k, v in tokens.items()}  # logp: unused stand-in
+        _policy_token_kernel[(triton.cdiv(end - start, BLOCK_TOKENS),)](
+            logp,
+            entropy,
+            part["old_logp"],
+            part["advantages"],
+            part["ref_logp"],
+            part["rollout_logp"],
+            part["mask"],
+            agg[start:end],
+            out["per_token"][start:end],
+            out["clipped"][start:end],
+            out["kl"][start:end],
+            g_logp,
+            g_entropy,
+            end - start,
+            cfg.clip_low,
+            cfg.clip_high,
+            cfg.dual_clip or 0.0,
+            cfg.kl_coef,
+            cfg.entropy_coef,
+            cfg.tis_cap or 0.0,
+            HAS_DUAL=cfg.dual_clip is not None,
+            HAS_TIS=has_tis,
+            KL_KIND=kl_kind,
+            BLOCK=BLOCK_TOKENS,
+        )
+        return g_logp, g_entropy if cfg.entropy_coef != 0 else None
+
+    return coefs
+
+
+class _PolicyLossFunction(torch.autograd.Function):
+    """loss(hidden, weight); the gradient is formed in the forward and scaled in the backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, cu_seqlens, cfg, temperature, group, chunk_rows, grad_enabled):
+        n = hidden.shape[0]
+        agg = aggregation_weights(tokens["mask"], cu_seqlens, cfg.aggregation)  # [N] dL/d(per-token loss)
+        out = {k: torch.empty(n, device=hidden.device, dtype=torch.float32) for k in ("per_token", "clipped", "kl")}
+        result = lm_head_pass(
+            hidden,
+            weight,
+            tokens["targets"],
+            temperature=temperature,
+            coef_fn=_policy_coefs(tokens, agg, out, cfg),
+            need_grad_hidden=grad_enabled and ctx.needs_input_grad[0],  # needs_input_grad ignores no_grad
+            need_grad_weight=grad_enabled and ctx.needs_input_grad[1],
+            group=group,
+            chunk_rows=chunk_rows,
+        )
+        ctx.save_for_backward(result.grad_hidden, result.grad_weight)
+        loss = (agg * out["per_token"]).sum()
+        ctx.mark_non_differentiable(result.logp, result.entropy, out["clipped"], out["kl"])
+        return loss, result.logp, result.entropy, out["clipped"], out["kl"]
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        grad_hidden, grad_weight = ctx.saved_tensors  # consumed in place: one backward per forward
+        return (
+            grad_hidden.mul_(grad_loss) if grad_hidden is not None else None,
+            grad_weight.mul_(grad_loss) if grad_weight is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _token_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return ((values * mask).sum() / mask.sum().clamp_min(1.0)).detach()
+
+
+def fused_policy_loss_triton(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PolicyLossConfig,
+    *,
+    ref_logp: Tensor | None = None,
+    rollout_logp: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    temperature: float = 1.0,
+    group: dist.ProcessGroup | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> PolicyLossOutput:
+    """The policy loss of `policy_loss(token_logprobs(hidden @ weight.T / T), ...)` without [N, V] logits.
+
+    hidden [B, T, H] padded (rows are sequences) or [N, H] packed with cu_seqlens [S + 1]; weight
+    [V, H] (or this rank's [V / tp, H] shard with `group`); per-token tensors [B, T] or [N].
+    """
+    if cfg.kl_coef > 0 and ref_logp is None:
+        raise ValueError("kl_coef > 0 needs reference log-probs (ref_logp)")
+    flat_hidden, cu, tokens = flatten_tokens(
+        hidden,
+        cu_seqlens,
+        targets=targets,
+        old_logp=old_logp,
+        advantages=advantages,
+        mask=mask,
+        ref_logp=ref_logp,
+        rollout_logp=rollout_logp,
+    )
+    tokens = {k: v.contiguous() if v is not None else None for k, v in tokens.items()}
+    loss, logp, entropy, clipped, kl = _PolicyLossFunction.apply(
+        flat_hidden, weight, tokens, cu, cfg, temperature, group, chunk_rows, torch.is_grad_enabled()
+    )
+    flat_mask = tokens["mask"].float()
+    metrics = {"clip_frac": _token_mean(clipped, flat_mask)}
+    if cfg.kl_coef > 0:
+        metrics["kl"] = _token_mean(kl, flat_mask)
+    metrics["entropy"] = _token_mean(entropy, flat_mask)
+    metrics["policy_loss"] = loss.detach()
+    return PolicyLossOutput(
+        loss=loss, metrics=metrics, logp=logp.view(targets.shape), entropy=entropy.view(targets.shape)
+    )
+
+
+def fused_token_logprobs_triton(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    group: dist.ProcessGroup | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> tuple[Tensor, Tensor]:
+    """Log-prob of targets and entropy, each shaped like targets [...], from hidden [..., H]; no gradient.
+
+    For the no-grad passes that recompute old / reference log-probs before an update.
+    """
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} must be targets' shape {tuple(targets.shape)} + [H]")
+    result = lm_head_pass(
+        hidden.reshape(-1, hidden.shape[-1]),
+        weight,
+        targets.reshape(-1),
+        temperature=temperature,
+        group=group,
+        chunk_rows=chunk_rows,
+    )
+    return result.logp.view(targets.shape), result.entropy.view(targets.shape)
