@@ -168,12 +168,16 @@ def distill_loss(logp: Tensor, mask: Tensor, weights: Tensor, aggregation: str) 
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
-    """log p(target) under softmax(logits / T): logits [B, T, V], targets [B, T] -> [B, T] fp32."""
-    logits = logits.float() / temperature
+    """log p(target) under softmax(logits / T): logits [B, T, V], targets [B, T] -> [B, T], at least fp32."""
+    logits = _at_least_fp32(logits) / temperature
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Entropy of softmax(logits / T) per position: [B, T, V] -> [B, T] fp32."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    """Entropy of softmax(logits / T) per position: [B, T, V] -> [B, T], at least fp32 (-inf logits allowed)."""
+    logp = torch.log_softmax(_at_least_fp32(logits) / temperature, dim=-1)
+    return torch.special.entr(logp.exp()).sum(-1)
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float64 else x.float()

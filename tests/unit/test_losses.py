@@ -127,3 +127,9 @@ def test_config_rejects_bad_values():
         PolicyLossConfig(dual_clip=0.5)
     with pytest.raises(ValueError, match="kl_kind"):
         PolicyLossConfig(kl_kind="x")
+
+
+def test_entropy_with_masked_vocab_and_fp64_precision():
+    logits = torch.tensor([[[0.0, 0.0, float("-inf")]]], dtype=torch.float64)
+    assert token_entropy(logits).item() == pytest.approx(math.log(2), abs=1e-12)
+    assert token_logprobs(logits, torch.tensor([[1]])).dtype == torch.float64
