@@ -22,19 +22,11 @@ class TrainBatch:
     distill_weight: Tensor  # [B] float: > 0 only on distillation rows
     is_distill: Tensor  # [B] bool
     versions: tuple[int, ...]  # weight version that sampled each row
+    lengths: Tensor  # [B] long: positions of each row before its padding
 
     @property
     def num_rows(self) -> int:
         return self.input_ids.shape[0]
-
-    def select(self, rows: slice) -> "TrainBatch":
-        """A micro-batch of consecutive rows."""
-        return TrainBatch(
-            *(getattr(self, f)[rows] for f in ("input_ids", "targets", "loss_mask", "advantages", "rollout_logprobs")),
-            self.distill_weight[rows],
-            self.is_distill[rows],
-            self.versions[rows],
-        )
 
 
 def collate(rows: list[TrainRow], pad_id: int) -> TrainBatch:
@@ -62,4 +54,5 @@ def collate(rows: list[TrainRow], pad_id: int) -> TrainBatch:
         distill_weight=torch.tensor([r.weight if r.kind == "distill" else 0.0 for r in rows]),
         is_distill=torch.tensor([r.kind == "distill" for r in rows]),
         versions=tuple(r.trajectory.weight_version for r in rows),
+        lengths=torch.tensor([len(r.trajectory.token_ids()) - 1 for r in rows]),
     )

@@ -1,4 +1,4 @@
-"""HF <-> megatron-core weights for Llama / Qwen2 / Qwen3: whole state dicts, or streamed per layer.
+"""HF <-> megatron-core weights for Llama / Qwen2 / Qwen3: whole state dicts, sharded loads, or streamed per layer.
 
 Megatron names are those of `build_gpt_model` (local layer spec: norms outside the linears);
 `_extra_state` entries are dropped on the way out and filled back by megatron's load hook.
@@ -6,15 +6,17 @@ Megatron names are those of `build_gpt_model` (local layer spec: norms outside t
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from megatron.core.models.gpt import GPTModel
 from torch import Tensor
 from transformers import PreTrainedConfig
 
 from erl_mega.rollout.engine import NamedTensors
 from erl_mega.train.megatron_model import HFArch, hf_arch
+from erl_mega.train.shard import full_tensor, local_state
 
 _EXTRA_STATE_SUFFIX = "_extra_state"
 
@@ -60,12 +62,21 @@ def megatron_to_hf(mcore_state: dict[str, Tensor], hf_config: PreTrainedConfig) 
     return out
 
 
+def load_hf_weights(model: GPTModel, hf_state: dict[str, Tensor], hf_config: PreTrainedConfig) -> None:
+    """Load an HF state dict into this rank's tensor- and pipeline-parallel slice of the model (strict)."""
+    full = hf_to_megatron(hf_state, hf_config)
+    model.load_state_dict(local_state(model, full, model.pg_collection.tp), strict=True)
+
+
 def iter_hf_buckets(model: GPTModel, hf_config: PreTrainedConfig, bucket_bytes: int) -> Iterator[NamedTensors]:
     """Stream the model's weights as HF-named full tensors in buckets of at most `bucket_bytes`.
 
     Order: embedding, layers one by one, final norm, head. A tensor larger than the bound travels
-    alone. Tensors may share storage with the parameters, so a receiver copies them before the
-    next optimizer step.
+    alone. Under model parallelism this is a collective of the model's TP and PP groups: each
+    section (embedding, one layer, norm and head) is gathered across TP on the stage that holds it
+    and broadcast along PP, so every rank yields the same stream and no rank ever holds more than
+    one layer beyond its own slice. Tensors may share storage with the parameters, so a receiver
+    copies them before the next optimizer step.
     """
     if bucket_bytes < 1:
         raise ValueError(f"bucket_bytes={bucket_bytes}; must be >= 1")
@@ -83,16 +94,62 @@ def iter_hf_buckets(model: GPTModel, hf_config: PreTrainedConfig, bucket_bytes: 
 
 
 def _hf_tensors(model: GPTModel, arch: HFArch) -> Iterator[tuple[str, Tensor]]:
-    """HF-named tensors of one model section at a time: embedding, each layer, final norm and head."""
-    if model.pre_process:
-        yield from ((name, model.get_parameter(key).detach()) for key, name in _PRE_NAMES.items())
-    for layer in model.decoder.layers:
-        state = _without_extra_state(layer.state_dict())
-        # layer_number is global and 1-based, so pipeline stages name their layers correctly.
-        yield from _layer_to_hf(state, "", f"model.layers.{layer.layer_number - 1}.", arch).items()
-        _require_consumed(state, "megatron")
-    if model.post_process:
-        yield from ((name, model.get_parameter(key).detach()) for key, name in _post_names(arch).items())
+    """HF-named full tensors, one model section at a time, from whichever pipeline stage holds it."""
+    pp = model.pg_collection.pp
+    sections = _local_sections(model, arch)
+    if pp.size() == 1:
+        for section in sections:
+            yield from section()
+        return
+    device = next(model.parameters()).device
+    for stage in range(pp.size()):
+        mine = stage == pp.rank()
+        count = [len(sections) if mine else 0]
+        dist.broadcast_object_list(count, group=pp, group_src=stage)
+        for i in range(count[0]):
+            yield from _broadcast_section(sections[i]() if mine else None, stage, pp, device)
+
+
+def _local_sections(model: GPTModel, arch: HFArch) -> list[Callable[[], list[tuple[str, Tensor]]]]:
+    """This stage's sections in order, each a call that gathers its HF-named tensors across TP."""
+    tp, params = model.pg_collection.tp, dict(model.named_parameters())
+
+    def full(key: str, tensor: Tensor) -> Tensor:
+        return full_tensor(key, tensor.detach(), params.get(key), tp)
+
+    def pre() -> list[tuple[str, Tensor]]:
+        return [(name, full(key, model.get_parameter(key))) for key, name in _PRE_NAMES.items()]
+
+    def layer(i: int) -> Callable[[], list[tuple[str, Tensor]]]:
+        def section() -> list[tuple[str, Tensor]]:
+            layer = model.decoder.layers[i]
+            state = {k: full(f"decoder.layers.{i}.{k}", t) for k, t in _without_extra_state(layer.state_dict()).items()}
+            # layer_number is global and 1-based, so pipeline stages name their layers correctly.
+            named = _layer_to_hf(state, "", f"model.layers.{layer.layer_number - 1}.", arch)
+            _require_consumed(state, "megatron")
+            return list(named.items())
+
+        return section
+
+    def post() -> list[tuple[str, Tensor]]:
+        return [(name, full(key, model.get_parameter(key))) for key, name in _post_names(arch).items()]
+
+    sections = [pre] if model.pre_process else []
+    sections += [layer(i) for i in range(len(model.decoder.layers))]
+    return sections + [post] if model.post_process else sections
+
+
+def _broadcast_section(
+    named: list[tuple[str, Tensor]] | None, stage: int, pp: dist.ProcessGroup, device: torch.device
+) -> list[tuple[str, Tensor]]:
+    """One section's tensors from pipeline stage `stage` to every stage (names and shapes first)."""
+    meta = [None if named is None else [(name, t.shape, t.dtype) for name, t in named]]
+    dist.broadcast_object_list(meta, group=pp, group_src=stage)
+    if named is None:
+        named = [(name, torch.empty(shape, dtype=dtype, device=device)) for name, shape, dtype in meta[0]]
+    for _, tensor in named:
+        dist.broadcast(tensor, group=pp, group_src=stage)
+    return named
 
 
 def _layer_to_megatron(hf: dict[str, Tensor], prefix: str, arch: HFArch) -> dict[str, Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 
 import torch
 import torch.distributed as dist
@@ -12,6 +13,7 @@ from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from erl_mega.train import cpu_compat
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_HOST = ExitStack()  # holds cpu_compat.host_devices() while megatron's parallel state lives on the host
 
 
 def init_parallel(tp: int = 1, pp: int = 1, seed: int = 0) -> None:
@@ -40,15 +42,30 @@ def init_parallel(tp: int = 1, pp: int = 1, seed: int = 0) -> None:
                 "call destroy_parallel() first"
             )
     else:
+        if cpu_compat.on_host():
+            _HOST.enter_context(cpu_compat.host_devices())
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
         )
     _seed(seed)
 
 
+def world_size() -> int:
+    """Ranks in the job: the default group's size, else torchrun's WORLD_SIZE, else 1."""
+    if dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def reset_parallel() -> None:
+    """Tear down megatron's parallel state only: the process group stays, so a new layout can follow."""
+    parallel_state.destroy_model_parallel()
+    _HOST.close()
+
+
 def destroy_parallel() -> None:
     """Tear down megatron's parallel state and the default process group (safe if neither exists)."""
-    parallel_state.destroy_model_parallel()
+    reset_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
 

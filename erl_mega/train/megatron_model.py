@@ -7,8 +7,10 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import Tensor
@@ -110,6 +112,9 @@ def transformer_config_from_hf(
     """The megatron TransformerConfig that computes what the HF decoder computes."""
     arch = hf_arch(hf_config)
     return TransformerConfig(
+        # The layout megatron's parallel state holds: layers per stage and head shards follow it.
+        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
         num_layers=arch.num_layers,
         hidden_size=hf_config.hidden_size,
         ffn_hidden_size=hf_config.intermediate_size,
@@ -127,6 +132,7 @@ def transformer_config_from_hf(
         attention_dropout=hf_config.attention_dropout,
         init_method_std=hf_config.initializer_range,
         params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,  # what pipeline stages send each other
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
         use_cpu_initialization=cpu_compat.on_host(),
@@ -134,15 +140,24 @@ def transformer_config_from_hf(
 
 
 def gpt_layer_spec(config: TransformerConfig) -> ModuleSpec:
-    """megatron-core's local layer spec; on the host its core attention is SDPA."""
+    """megatron-core's local layer spec with SDPA core attention (host and GPU alike: it has the THD path)."""
     spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=config.qk_layernorm)
-    if cpu_compat.on_host():
-        spec.submodules.self_attention.submodules.core_attention = cpu_compat.SDPACoreAttention
+    spec.submodules.self_attention.submodules.core_attention = cpu_compat.SDPACoreAttention
     return spec
 
 
-def build_gpt_model(hf_config: PreTrainedConfig, params_dtype: torch.dtype = torch.float32) -> GPTModel:
-    """A randomly initialised GPTModel shaped like the HF model; vocab exactly as HF (no padding)."""
+def build_gpt_model(
+    hf_config: PreTrainedConfig,
+    params_dtype: torch.dtype = torch.float32,
+    *,
+    pre_process: bool = True,
+    post_process: bool = True,
+) -> GPTModel:
+    """A randomly initialised GPTModel shaped like the HF model; vocab exactly as HF (no padding).
+
+    Tensor- and pipeline-parallel sizes come from megatron's parallel state; `pre_process` /
+    `post_process` say whether this pipeline stage holds the embedding / the final norm and head.
+    """
     config = transformer_config_from_hf(hf_config, params_dtype)
     arch = hf_arch(hf_config)
     model = GPTModel(
@@ -150,6 +165,8 @@ def build_gpt_model(hf_config: PreTrainedConfig, params_dtype: torch.dtype = tor
         gpt_layer_spec(config),
         vocab_size=hf_config.vocab_size,
         max_sequence_length=hf_config.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
         position_embedding_type="rope",
         share_embeddings_and_output_weights=arch.tied_embeddings,
         **arch.rope,
@@ -168,3 +185,25 @@ def gpt_logits(model: GPTModel, input_ids: Tensor) -> Tensor:
     # With labels=None GPTModel._postprocess transposes its [T, B, V] logits to [B, T, V];
     # runtime_gather_output gathers the vocab shards under tensor parallelism.
     return model(input_ids, position_ids, attention_mask=None, runtime_gather_output=True)
+
+
+def gpt_hidden_states(
+    model: GPTModel, input_ids: Tensor, position_ids: Tensor, packed_seq_params: PackedSeqParams | None = None
+) -> Tensor:
+    """The stage's output [s, b, h]; on the last stage the lm-head's input (final norm applied), not logits.
+
+    GPTModel returns the decoder's output when `post_process` is off, so it is switched off for
+    the call: the loss then runs hidden x output weight in chunks and never holds [s, b, V] logits.
+    """
+    post_process, model.post_process = model.post_process, False
+    try:
+        return model(input_ids, position_ids, attention_mask=None, packed_seq_params=packed_seq_params)
+    finally:
+        model.post_process = post_process
+
+
+def output_weight(model: GPTModel) -> Tensor:
+    """The last stage's lm-head weight [V / tp, h]: the output layer's, or the tied embedding's."""
+    if model.share_embeddings_and_output_weights:
+        return model.shared_embedding_or_output_weight()
+    return model.output_layer.weight

@@ -1,122 +1,177 @@
-"""The embedded trainer: a megatron-core GPTModel built from an HF checkpoint, ERL losses, AdamW."""
+"""The megatron-core trainer: a GPTModel built from an HF checkpoint, split TP × PP × DP, ERL losses.
+
+Parallelism is applied from outside the model: megatron's parallel state and layer specs shard
+it, its DDP wrapper owns the gradient buffers, its (distributed) optimizer steps it, and its
+pipeline schedule (1F1B) runs forward and backward over the micro-batches of this DP rank.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+from megatron.core.models.gpt import GPTModel
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch import Tensor
 
-from erl_mega.algo.losses import PolicyLossConfig, distill_loss, policy_loss, token_entropy, token_logprobs
 from erl_mega.model.hf_io import load_hf_config, load_hf_state
 from erl_mega.rollout.engine import NamedTensors
 from erl_mega.train.batch import TrainBatch
-from erl_mega.train.convert import hf_to_megatron, iter_hf_buckets, megatron_to_hf
-from erl_mega.train.dist import init_parallel
-from erl_mega.train.megatron_model import build_gpt_model, gpt_logits
+from erl_mega.train.convert import iter_hf_buckets, load_hf_weights
+from erl_mega.train.dist import init_parallel, world_size
+from erl_mega.train.layout import ParallelLayout, parallel_layout
+from erl_mega.train.loss import LossConfig, LossReport, micro_batch_loss, token_hidden
+from erl_mega.train.megatron_model import (
+    build_gpt_model,
+    gpt_hidden_states,
+    output_weight,
+)
+from erl_mega.train.micro_batches import (
+    ModelInputs,
+    packed_micro_batches,
+    padded_micro_batches,
+)
 from erl_mega.train.trainer import TrainerConfig
+from kernels.dispatch import fused_token_logprobs
 
-
-@dataclass(frozen=True)
-class LossConfig:
-    """The policy loss, the distillation term's weight and aggregation, and the log-prob temperature."""
-
-    policy: PolicyLossConfig = PolicyLossConfig()
-    distill_coef: float = 1.0
-    distill_aggregation: str = "token-mean"
-    temperature: float = 1.0  # must equal the rollout temperature, so ratios compare like with like
+__all__ = ["LossConfig", "MegatronTrainer"]
 
 
 class MegatronTrainer:
-    """Trains the policy on TrainBatches; `version` counts optimizer steps (the weight version)."""
+    """Trains the policy on TrainBatches; `version` counts optimizer steps (the weight version).
 
-    def __init__(self, hf_path: str | Path, optim: TrainerConfig, loss: LossConfig, seed: int = 0) -> None:
-        init_parallel(tp=1, pp=1, seed=seed)
+    Every rank of the job constructs it and calls `step`, `named_parameters_hf` and `save` together.
+    """
+
+    def __init__(
+        self, hf_path: str | Path, optim: TrainerConfig, loss: LossConfig, seed: int = 0,
+        params_dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.hf_config = load_hf_config(hf_path)
-        self.optim_cfg, self.loss_cfg = optim, loss
-        self.model = build_gpt_model(self.hf_config)
-        self.model.load_state_dict(hf_to_megatron(load_hf_state(hf_path), self.hf_config), strict=True)
+        self.layout: ParallelLayout = parallel_layout(world_size(), optim.tp, optim.pp, self.hf_config)
+        init_parallel(tp=optim.tp, pp=optim.pp, seed=seed)
+        self.optim_cfg, self.loss_cfg, self.params_dtype = optim, loss, params_dtype
+        hf_state = load_hf_state(hf_path)
+        self.model = self._build(hf_state)
         self.reference = None
         if loss.policy.kl_coef > 0:
-            self.reference = build_gpt_model(self.hf_config)  # a deepcopy would copy process groups
-            self.reference.load_state_dict(self.model.state_dict())
-            self.reference.eval().requires_grad_(False)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay)
+            self.reference = self._build(hf_state).eval().requires_grad_(False)
+        config = self.model.config
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=True)
+        self.ddp = DistributedDataParallel(config, ddp_config, self.model)
+        config.finalize_model_grads_func = finalize_model_grads
+        config.no_sync_func = self.ddp.no_sync
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam", lr=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.beta1,
+                adam_beta2=optim.beta2, clip_grad=optim.grad_clip, params_dtype=config.params_dtype,
+                bf16=config.bf16, use_distributed_optimizer=True,
+            ),
+            [self.ddp],
+        )
         self.version = 0
 
+    def _build(self, hf_state: dict[str, Tensor]) -> GPTModel:
+        model = build_gpt_model(
+            self.hf_config,
+            self.params_dtype,
+            pre_process=parallel_state.is_pipeline_first_stage(),
+            post_process=parallel_state.is_pipeline_last_stage(),
+        )
+        load_hf_weights(model, hf_state, self.hf_config)
+        # Micro-batches differ in length: pipeline stages exchange shapes first. Set after
+        # construction: TransformerConfig's check rejects it for its (unused here) MoE dispatcher.
+        model.config.variable_seq_lengths = True
+        return model
+
+    def _micro_batches(self, batch: TrainBatch) -> list[ModelInputs]:
+        rank, size = parallel_state.get_data_parallel_rank(), self.layout.dp
+        aggs = self.loss_cfg.aggregations
+        if self.optim_cfg.packing:
+            return packed_micro_batches(batch, self.optim_cfg.max_tokens_per_micro_batch, rank, size, aggs)
+        return padded_micro_batches(batch, self.optim_cfg.micro_batch_size, rank, size, aggs)
+
+    def _run(self, model, mbs: list[ModelInputs], loss_func, forward_only: bool) -> list:
+        """megatron's schedule over `mbs`: `loss_func(mb, index, hidden)` on the last stage; its reports."""
+
+        def forward_step(data_iterator, module):
+            index, mb = next(data_iterator)
+            hidden = gpt_hidden_states(_unwrap(module), mb.input_ids, mb.position_ids, mb.packed_seq_params)
+            return hidden, partial(loss_func, mb, index)
+
+        return get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(enumerate(mbs)), model=[model],
+            num_microbatches=len(mbs), seq_length=mbs[0].input_ids.shape[1],
+            micro_batch_size=mbs[0].input_ids.shape[0], forward_only=forward_only,
+        )
+
     def step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step over the whole batch, accumulated over micro-batches (exact global means)."""
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        agg = self.loss_cfg.policy.aggregation
-        policy_mask = batch.loss_mask * (~batch.is_distill)[:, None]
-        distill_mask = batch.loss_mask * batch.is_distill[:, None]
-        policy_units = _units(policy_mask, agg)
-        distill_units = _units(distill_mask, self.loss_cfg.distill_aggregation)
-        sums: dict[str, float] = {}
-        gaps: list[Tensor] = []
-        mbs = self.optim_cfg.micro_batch_size
-        for start in range(0, batch.num_rows, mbs):
-            mb = batch.select(slice(start, start + mbs))
-            pmask, dmask = policy_mask[start : start + mbs], distill_mask[start : start + mbs]
-            logits = gpt_logits(self.model, mb.input_ids)
-            logp = token_logprobs(logits, mb.targets, self.loss_cfg.temperature)
-            total = logp.new_zeros(())
-            if pmask.sum() > 0:
-                with torch.no_grad():
-                    entropy = token_entropy(logits.detach(), self.loss_cfg.temperature)
-                    ref = self._reference_logprobs(mb) if self.reference is not None else None
-                share = _units(pmask, agg) / policy_units
-                loss, metrics = policy_loss(
-                    logp, logp.detach(), mb.advantages, pmask, self.loss_cfg.policy, ref, entropy, mb.rollout_logprobs
-                )
-                total = total + share * loss
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + share * float(value)
-                gaps.append((logp.detach() - mb.rollout_logprobs).abs()[pmask > 0])
-            if dmask.sum() > 0:
-                share = _units(dmask, self.loss_cfg.distill_aggregation) / distill_units
-                d = distill_loss(logp, dmask, mb.distill_weight, self.loss_cfg.distill_aggregation)
-                total = total + self.loss_cfg.distill_coef * share * d
-                sums["distill_loss"] = sums.get("distill_loss", 0.0) + share * float(d.detach())
-            if total.requires_grad:
-                total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
-        self.optimizer.step()
+        """One optimizer step over the whole batch, accumulated over micro-batches and DP ranks (exact global means)."""
+        mbs = self._micro_batches(batch)
+        refs = self._reference_logprobs(mbs) if self.reference is not None else None
+        self.ddp.train()
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+        undo_mean = len(mbs) * self.layout.dp  # megatron averages over micro-batches and DP ranks; shares are global
+
+        def loss_func(mb, index, hidden):
+            ref = None if refs is None else refs[index]
+            loss, report = micro_batch_loss(hidden, output_weight(_unwrap(self.ddp)), mb, self.loss_cfg, ref, tp_group)
+            return loss * undo_mean, {"report": report}
+
+        reports = self._run(self.ddp, mbs, loss_func, forward_only=False)
+        _, grad_norm, _ = self.optimizer.step()
         self.version += 1
-        out = {k: float(v) for k, v in sums.items()} | {"grad_norm": float(grad_norm)}
-        if gaps:
-            gap = torch.cat(gaps)
-            out |= {"logprob_gap_mean": float(gap.mean()), "logprob_gap_max": float(gap.max())}
-        return out
+        return _merge([r["report"] for r in reports]) | {"grad_norm": float(grad_norm)}
 
     @torch.no_grad()
-    def logprobs(self, input_ids: Tensor, targets: Tensor) -> Tensor:
-        """The current policy's log-prob of each target token [B, T] (evaluation and tests)."""
-        self.model.eval()
-        return token_logprobs(gpt_logits(self.model, input_ids), targets, self.loss_cfg.temperature)
+    def _reference_logprobs(self, mbs: list[ModelInputs]) -> list[Tensor]:
+        """The reference policy's log-prob of each micro-batch's targets (last stage; empty elsewhere)."""
+        outputs = self._run(self.reference, mbs, partial(self._logprob_loss, self.reference), forward_only=True)
+        return [out["logp"] for out in outputs]
+
+    def _logprob_loss(self, model: GPTModel, mb: ModelInputs, index: int, hidden: Tensor):
+        group = parallel_state.get_tensor_model_parallel_group()
+        logp, _ = fused_token_logprobs(
+            token_hidden(hidden, mb), output_weight(model), mb.targets, temperature=self.loss_cfg.temperature, group=group
+        )
+        return hidden.new_zeros(()), {"logp": logp}
 
     @torch.no_grad()
-    def _reference_logprobs(self, mb: TrainBatch) -> Tensor:
-        return token_logprobs(gpt_logits(self.reference, mb.input_ids), mb.targets, self.loss_cfg.temperature)
+    def logprobs(self, input_ids: Tensor, targets: Tensor) -> Tensor | None:
+        """The current policy's log-prob of each target token [B, T] on the last stage (None elsewhere)."""
+        self.ddp.eval()
+        b, t = input_ids.shape
+        zeros = torch.zeros(b, t)
+        mb = ModelInputs(input_ids, torch.arange(t).expand(b, t), targets, zeros, zeros, zeros, zeros, torch.zeros(b), None, 0.0, 0.0)
+        outputs = self._run(self.ddp, [mb], partial(self._logprob_loss, self.model), forward_only=True)
+        return outputs[0]["logp"] if outputs else None
 
     def named_parameters_hf(self) -> Iterator[NamedTensors]:
-        """The policy as HF-named full tensors, in buckets of at most `bucket_mb` MiB."""
+        """The policy as HF-named full tensors, in buckets of at most `bucket_mb` MiB (collective)."""
         return iter_hf_buckets(self.model, self.hf_config, self.optim_cfg.bucket_mb << 20)
 
     def hf_state(self) -> dict[str, Tensor]:
-        """The policy as one HF state dict (export)."""
-        return megatron_to_hf(self.model.state_dict(), self.hf_config)
+        """The policy as one HF state dict (export; collective)."""
+        return {name: t.clone() for bucket in self.named_parameters_hf() for name, t in bucket}
 
     def state_dict(self) -> dict:
-        """Everything needed to resume training exactly."""
+        """This rank's model shards, its distributed-optimizer shard (torch Adam state) and the version."""
         return {
             "model": self.model.state_dict(),
             "reference": None if self.reference is None else self.reference.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": [opt.optimizer.state_dict() for opt in self.optimizer.chained_optimizers],
             "version": self.version,
         }
 
@@ -124,18 +179,48 @@ class MegatronTrainer:
         self.model.load_state_dict(state["model"], strict=True)
         if self.reference is not None and state["reference"] is not None:
             self.reference.load_state_dict(state["reference"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        for opt, saved in zip(self.optimizer.chained_optimizers, state["optimizer"], strict=True):
+            opt.optimizer.load_state_dict(saved)
         self.version = state["version"]
 
     def save(self, path: Path) -> None:
-        torch.save(self.state_dict(), path)
+        """One file per rank next to `path`; resuming needs the same TP × PP × DP layout.
+
+        megatron's DP-resharding save (`save_parameter_state`, dp_zero format) writes no per-param
+        `step`, which torch's Adam (the optimizer without Apex/TE) keeps, so its load raises KeyError.
+        """
+        torch.save(self.state_dict(), self._file(path))
 
     def load(self, path: Path) -> None:
-        self.load_state_dict(torch.load(path, weights_only=False))
+        self.load_state_dict(torch.load(self._file(path), weights_only=False))
+
+    def _file(self, path: Path) -> Path:
+        ranks = (
+            parallel_state.get_tensor_model_parallel_rank(),
+            parallel_state.get_pipeline_model_parallel_rank(),
+            parallel_state.get_data_parallel_rank(),
+        )
+        return path.with_name("{}.tp{}_pp{}_dp{}{}".format(path.stem, *ranks, path.suffix))
 
 
-def _units(mask: Tensor, aggregation: str) -> float:
-    """How many units a mask holds for an aggregation (tokens, or rows with any token)."""
-    if aggregation == "token-mean":
-        return float(mask.sum())
-    return float((mask.sum(-1) > 0).sum())
+def _unwrap(module) -> GPTModel:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def _merge(reports: list[LossReport]) -> dict[str, float]:
+    """Sum share-weighted metrics over micro-batches and ranks (one TP rank of the last stage counts)."""
+    counts = parallel_state.get_tensor_model_parallel_rank() == 0
+    local = reports if counts else []
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, [(r.sums, r.gaps) for r in local])
+    sums: dict[str, float] = {}
+    gaps = [torch.zeros(0)]
+    for rank_reports in gathered:
+        for part, gap in rank_reports:
+            for key, value in part.items():
+                sums[key] = sums.get(key, 0.0) + value
+            gaps.append(gap.cpu())
+    gap = torch.cat(gaps)
+    if gap.numel():
+        sums |= {"logprob_gap_mean": float(gap.mean()), "logprob_gap_max": float(gap.max())}
+    return sums

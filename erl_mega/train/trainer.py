@@ -1,4 +1,4 @@
-"""The Trainer contract every backend (embedded Megatron today, parallel Megatron later) fulfils."""
+"""The Trainer contract every backend fulfils, and the trainer's config (`trainer.*`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from erl_mega.train.batch import TrainBatch
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """The trainer backend, optimizer and micro-batching (`trainer.*` in the hydra config)."""
+    """The trainer backend, optimizer, micro-batching and parallel layout (`trainer.*` in the hydra config)."""
 
     backend: str = "megatron"
     lr: float = 2e-4
@@ -22,6 +22,10 @@ class TrainerConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 16
     bucket_mb: int = 64  # weight-sync bucket bound
+    tp: int = 1  # tensor-parallel size; data-parallel size = world / (tp * pp)
+    pp: int = 1  # pipeline-parallel size (1F1B)
+    packing: bool = False  # pack sequences (THD) instead of padding rows
+    max_tokens_per_micro_batch: int = 4096  # packed micro-batch bound (packing only)
 
     def __post_init__(self) -> None:
         if self.backend != "megatron":
@@ -32,6 +36,9 @@ class TrainerConfig:
             raise ValueError(f"trainer.micro_batch_size={self.micro_batch_size}; must be >= 1")
         if self.grad_clip <= 0:
             raise ValueError(f"trainer.grad_clip={self.grad_clip}; must be > 0")
+        for name in ("tp", "pp", "max_tokens_per_micro_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name}={getattr(self, name)}; must be >= 1")
         if self.bucket_mb < 1:
             raise ValueError(f"trainer.bucket_mb={self.bucket_mb}; must be >= 1")
 
