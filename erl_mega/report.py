@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from erl_mega.algo.erl import TaskEpisodes  # noqa: E402
 from erl_mega.metrics import read_metrics  # noqa: E402
+from erl_mega.rollout.chat import ChatFormat  # noqa: E402
 from erl_mega.rollout.trajectory import Trajectory  # noqa: E402
 
 
@@ -58,5 +60,26 @@ def write_samples(path: Path, episodes: tuple[Trajectory, ...] | list[Trajectory
         for t, turn in enumerate(ep.turns):
             lines.append(f"{t + 1}. `{turn.reply.strip()}` -> {turn.feedback}")
         lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_task_samples(path: Path, tasks: tuple[TaskEpisodes, ...], chat: ChatFormat) -> Path:
+    """A few tasks as Markdown: attempt 1, the reflection and attempt 2, each exactly as the model saw it."""
+    lines = []
+    for i, task in enumerate(tasks):
+        lines.append(f"## task {i + 1} (environment seed {task.env_seed})\n")
+        calls = [("attempt 1", tr) for tr in task.attempt1]
+        for reflection, retry in zip(task.reflections, task.attempt2):
+            calls += [("reflection", reflection), ("attempt 2, under the reflection's prompt", retry)]
+        if task.attempt2 and not task.reflections:
+            calls += [("attempt 2 (no reflection)", tr) for tr in task.attempt2]
+        for title, tr in calls:
+            verdict = f"reward {tr.reward}"
+            if title == "reflection":
+                kept = tr.meta["tag_missing"]
+                verdict = "no <prompt> tag, the prompt is kept" if kept else f"new prompt {tr.meta['prompt']!r}"
+            transcript = chat.tokenizer.decode(tr.token_ids(), skip_special_tokens=False)  # ChatML markers kept
+            lines += [f"### {title}: {verdict}\n", "```", transcript, "```", ""]
     path.write_text("\n".join(lines))
     return path

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +28,17 @@ from erl_mega.config.schema import RunConfig
 from erl_mega.envs.base import make_env, task_seed
 from erl_mega.evaluate import EvalResult, evaluate
 from erl_mega.metrics import MetricsLog
+from erl_mega.model.gguf import ensure_converted
 from erl_mega.model.hf_io import load_hf_config, load_tokenizer
 from erl_mega.model.warmup import ensure_base_policy
-from erl_mega.report import eval_table, plot_curves, write_samples
+from erl_mega.report import eval_table, plot_curves, write_samples, write_task_samples
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import SamplingParams
 from erl_mega.rollout.local import LocalEngine
-from erl_mega.rollout.trajectory import Segment
-from erl_mega.train.batch import collate
+from erl_mega.rollout.trajectory import Segment, Trajectory
+from erl_mega.train.batch import TrainBatch, collate
 from erl_mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from erl_mega.train.dist import broadcast_from_leader, init_parallel, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.weights.sync import InProcessWeightSync
 
@@ -62,24 +64,27 @@ def progress_bar(console: Console) -> Progress:
 
 
 def resolve_policy(cfg: RunConfig, console: Console) -> Path:
-    """`model.path` when set, else the embedded base policy (built and cached on first use)."""
+    """`model.path`, else `model.source` converted to an HF directory, else the embedded base policy (each cached)."""
     if cfg.model.path is not None:
         return Path(cfg.model.path).expanduser()
+    if cfg.model.source is not None:
+        with console.status(f"{cfg.model.source}: HF checkpoint (converted once, then cached)"):
+            return ensure_converted(cfg.model.source, cfg.model.cache_dir)
     with progress_bar(console) as bar:
         task = bar.add_task("SFT warm-up (cached after the first run)", total=None, info="")
 
         def tick(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
 
-        return ensure_base_policy(cfg.model, cfg.env, cfg.seed, tick)
+        return ensure_base_policy(cfg.model, cfg.env, cfg.seed, cfg.trainer, tick)
 
 
-def build(cfg: RunConfig, console: Console) -> Components:
-    """Policy checkpoint, tokenizer, rollout engine and environment factory."""
+def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> Components:
+    """Policy checkpoint, tokenizer, rollout engine and environment factory (the leader's side)."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    policy_dir = resolve_policy(cfg, console)
+    policy_dir = policy_dir or resolve_policy(cfg, console)
     tokenizer = load_tokenizer(policy_dir)
     dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
     hf_model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
@@ -99,46 +104,51 @@ def run_eval(c: Components) -> EvalResult:
                     c.cfg.rollout.max_new_tokens, c.max_context, c.cfg.algo.success_threshold)
 
 
-def train(cfg: RunConfig) -> dict[str, EvalResult]:
-    """Run the configured training; returns the held-out evaluation of the base and the trained policy."""
-    console = Console()
+def train(cfg: RunConfig) -> dict[str, dict] | None:
+    """Run the configured training; returns the held-out evaluation of the base and the trained policy.
+
+    Under torchrun every rank runs this: all ranks hold the Megatron trainer (TP × PP × DP); the
+    leader (global rank 0) also holds the rollout engine, collects episodes, evaluates and writes
+    the run's files, and broadcasts each TrainBatch. Other ranks return None.
+    """
+    init_parallel(cfg.trainer.tp, cfg.trainer.pp, cfg.seed)
+    leader = is_leader()
+    console = Console(quiet=not leader)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    c = build(cfg, console)
+    policy_dir = resolve_policy(cfg, console)
     loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef, temperature=cfg.rollout.temperature)
-    trainer = MegatronTrainer(c.policy_dir, cfg.trainer, loss, seed=cfg.seed)
+    trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed)
+    c = build(cfg, console, policy_dir) if leader else None
+    engines = [c.engine] if leader else []
     sync = InProcessWeightSync()
     memory, start, base_eval = ReflectionMemory(cfg.algo.memory_capacity), 0, None
     checkpoint = latest_checkpoint(out) if cfg.resume else None
     if checkpoint is not None:
         memory, state = load_checkpoint(checkpoint, trainer)
         start, base_eval = state["step"], state.get("base_eval")
-        sync.push(trainer, [c.engine])
+        sync.push(trainer, engines)
         console.print(f"resumed from {checkpoint} at step {start}")
-    if base_eval is None:
-        result = run_eval(c)
-        base_eval = {"success": result.success, "mean_reward": result.mean_reward, "mean_turns": result.mean_turns}
-    stop = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, c.chat.stop_ids)
-    workflow = ErlWorkflow(
-        cfg.algo, c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, stop,
-        SamplingParams(cfg.rollout.reflect_max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, c.chat.stop_ids),
-        c.max_context, memory,
-    )
-    initial_system = Segment(c.chat.system(with_action_format(cfg.env.initial_prompt, c.action_format)))
-    log = MetricsLog(out, resume_step=start)
+    if leader and base_eval is None:
+        base_eval = _row(run_eval(c))
+    workflow = make_workflow(cfg, c, memory) if leader else None
+    log = MetricsLog(out, resume_step=start) if leader else None
     with progress_bar(console) as bar:
         task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
         for step in range(start + 1, cfg.steps + 1):
-            metrics = train_step(step, cfg, workflow, trainer, sync, c, initial_system)
-            log.write(step, metrics)
-            bar.update(task, advance=1, info=_summary(metrics))
-            if not console.is_terminal:  # logs (CI, SLURM) get a line per step instead of a live bar
-                console.print(f"step {step}/{cfg.steps}: {_summary(metrics)}")
+            metrics = train_step(step, cfg, workflow, trainer, sync, c)
+            if leader:
+                log.write(step, metrics)
+                bar.update(task, advance=1, info=_summary(metrics))
+                if not console.is_terminal:  # logs (CI, SLURM) get a line per step instead of a live bar
+                    console.print(f"step {step}/{cfg.steps}: {_summary(metrics)}")
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 save_checkpoint(out, step, trainer, memory, {"base_eval": base_eval})
+    if not leader:
+        return None
     log.close()
     final = run_eval(c)
-    results = {"base": base_eval, "trained": {"success": final.success, "mean_reward": final.mean_reward, "mean_turns": final.mean_turns}}
+    results = {"base": base_eval, "trained": _row(final)}
     console.print(eval_table(results, cfg))
     write_samples(out / "samples.md", final.episodes[:4])
     if cfg.plot:
@@ -146,9 +156,17 @@ def train(cfg: RunConfig) -> dict[str, EvalResult]:
     return results
 
 
-def train_step(step: int, cfg: RunConfig, workflow: ErlWorkflow, trainer: MegatronTrainer, sync: InProcessWeightSync,
-               c: Components, initial_system: Segment) -> dict[str, float]:
-    """One ERL step: collect, build rows, train (engine memory released meanwhile), sync weights."""
+def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> ErlWorkflow:
+    """The ERL workflow over the leader's engine, with the run's sampling settings."""
+    r = cfg.rollout
+    act = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, c.chat.stop_ids)
+    reflect = SamplingParams(r.reflect_max_new_tokens, r.temperature, r.top_p, c.chat.stop_ids)
+    return ErlWorkflow(cfg.algo, c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act, reflect,
+                       c.max_context, memory)
+
+
+def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Components) -> tuple[TrainBatch, dict[str, float]]:
+    """The leader's half of a step: episodes for this step's tasks, turned into one TrainBatch."""
     rng = random.Random(cfg.seed * 1_000_003 + step)  # the data position is the step: resume needs no cursor
     seeds = [task_seed("train", rng.randrange(500_000)) for _ in range(cfg.tasks_per_step)]
     clock = time.perf_counter()
@@ -156,23 +174,36 @@ def train_step(step: int, cfg: RunConfig, workflow: ErlWorkflow, trainer: Megatr
     rollout_seconds = time.perf_counter() - clock
     rows = policy_rows(episodes, cfg.algo.advantage)
     if cfg.algo.name == "erl" and not cfg.algo.no_distill:
-        rows += distill_rows(episodes, initial_system)
+        initial = Segment(c.chat.system(with_action_format(cfg.env.initial_prompt, c.action_format)))
+        rows += distill_rows(episodes, initial)
     batch = collate(rows, c.chat.tokenizer.pad_token_id)
-    c.engine.release_memory()
-    clock = time.perf_counter()
-    metrics = trainer.step(batch)
-    train_seconds = time.perf_counter() - clock
-    c.engine.resume_memory()
-    metrics |= sync.push(trainer, [c.engine])
-    trained = float(batch.loss_mask.sum())
-    return episodes.metrics | metrics | {
+    sampled = float((batch.loss_mask * (~batch.is_distill)[:, None]).sum())
+    return batch, episodes.metrics | {
         "rows": float(batch.num_rows),
         "distill_rows": float(batch.is_distill.sum()),
         "time_rollout": rollout_seconds,
-        "time_train": train_seconds,
-        "train_tokens_per_s": float(batch.input_ids.numel()) / max(train_seconds, 1e-9),
-        "sampled_tokens": trained,
+        "rollout_tokens_per_s": sampled / max(rollout_seconds, 1e-9),
     }
+
+
+def train_step(step: int, cfg: RunConfig, workflow: ErlWorkflow | None, trainer: MegatronTrainer,
+               sync: InProcessWeightSync, c: Components | None) -> dict[str, float]:
+    """One ERL step: the leader collects, every rank trains (engine memory released meanwhile), weights sync."""
+    batch, metrics = collect_batch(step, cfg, workflow, c) if c is not None else (None, {})
+    batch = broadcast_from_leader(batch)
+    if c is not None:
+        c.engine.release_memory()
+    clock = time.perf_counter()
+    metrics |= trainer.step(batch)
+    seconds = time.perf_counter() - clock
+    if c is not None:
+        c.engine.resume_memory()
+    metrics |= sync.push(trainer, [c.engine] if c is not None else [])
+    return metrics | {"time_train": seconds, "train_tokens_per_s": float(batch.input_ids.numel()) / max(seconds, 1e-9)}
+
+
+def _row(result: EvalResult) -> dict[str, float]:
+    return {"success": result.success, "mean_reward": result.mean_reward, "mean_turns": result.mean_turns}
 
 
 def _summary(m: dict[str, float]) -> str:
@@ -182,14 +213,39 @@ def _summary(m: dict[str, float]) -> str:
     return text + f" gap {m.get('logprob_gap_mean', 0):.1e}"
 
 
-def evaluate_policy(cfg: RunConfig) -> EvalResult:
-    """`erl-mega eval`: held-out first-attempt success of the configured policy, with sample episodes."""
+def evaluate_policy(cfg: RunConfig) -> dict[str, dict]:
+    """`erl-mega eval`: held-out first-attempt success, greedy; with `algo=erl` each failure also reflects and retries.
+
+    The first attempts are exactly `evaluate`'s (initial prompt, held-out seeds, greedy). Writes
+    `eval_samples.md`: a few tasks as the model saw them (attempt 1, reflection, attempt 2).
+    """
+    if cfg.eval_tasks < 1:
+        raise ValueError(f"eval_tasks={cfg.eval_tasks}; `erl-mega eval` needs >= 1")
     console = Console()
     c = build(cfg, console)
-    result = run_eval(c)
+    act = SamplingParams(cfg.rollout.max_new_tokens, 0.0, stop_token_ids=c.chat.stop_ids)
+    reflect = SamplingParams(cfg.rollout.reflect_max_new_tokens, 0.0, stop_token_ids=c.chat.stop_ids)
+    workflow = ErlWorkflow(  # one greedy attempt per task; reflections start from the initial prompt
+        replace(cfg.algo, n_rollouts=1), c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act,
+        reflect, c.max_context, ReflectionMemory(cfg.algo.memory_capacity),
+    )
+    episodes = workflow.collect([task_seed("test", i) for i in range(cfg.eval_tasks)], sample_seed=cfg.seed)
+    tau = cfg.algo.success_threshold
+    results = {"attempt 1": _held_out_row([t.attempt1[0] for t in episodes.tasks], tau)}
+    retried = [a for t in episodes.tasks for a in t.attempt2]
+    if retried:
+        results[f"attempt 2 after reflection ({len(retried)} failed)"] = _held_out_row(retried, tau)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"success": result.success, "mean_reward": result.mean_reward, "mean_turns": result.mean_turns}
-    console.print(eval_table({"policy": summary}, cfg))
-    console.print(f"episodes: {write_samples(out / 'eval_samples.md', result.episodes[:4])}")
-    return result
+    console.print(eval_table(results, cfg))
+    console.print(f"episodes: {write_task_samples(out / 'eval_samples.md', episodes.tasks[:4], c.chat)}")
+    return results
+
+
+def _held_out_row(episodes: list[Trajectory], tau: float) -> dict[str, float]:
+    n = len(episodes)
+    return {
+        "success": sum(e.reward >= tau for e in episodes) / n,
+        "mean_reward": sum(e.reward for e in episodes) / n,
+        "mean_turns": sum(len(e.turns) for e in episodes) / n,
+    }

@@ -52,17 +52,26 @@ class WarmupConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which policy to train: `path` to an HF checkpoint, or the embedded tiny default (`model.*`)."""
+    """Which policy to train: an HF checkpoint `path`, a named pretrained `source`, or the embedded tiny one."""
 
     path: str | None
+    source: str | None  # e.g. smollm2-135m: converted once into an HF directory under cache_dir (model/gguf.py)
     cache_dir: str
     dtype: str
-    tiny: TinyModelConfig
-    warmup: WarmupConfig
+    tiny: TinyModelConfig | None = None  # the embedded default only
+    warmup: WarmupConfig | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype={self.dtype!r}; choose 'float32' or 'bfloat16'")
+        if self.path is not None and self.source is not None:
+            raise ValueError(f"model.path={self.path!r} and model.source={self.source!r} are both set; choose one")
+        if self.source is not None:
+            from erl_mega.model.gguf import check_source
+
+            check_source(self.source, self.cache_dir)  # unknown, or neither converted nor installed: fail now
+        elif self.path is None and (self.tiny is None or self.warmup is None):
+            raise ValueError("model.tiny and model.warmup are needed when neither model.path nor model.source is set")
 
 
 @dataclass(frozen=True)
@@ -146,14 +155,14 @@ def _required(f: dataclasses.Field) -> bool:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, f"{where}.")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, f"{where}.")
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     expected = origin or hint

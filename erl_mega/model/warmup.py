@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -13,11 +13,12 @@ from erl_mega.algo.losses import PolicyLossConfig
 from erl_mega.config.schema import EnvConfig, ModelConfig
 from erl_mega.envs.base import make_env
 from erl_mega.model.demos import corpus, demonstrations
-from erl_mega.model.hf_io import save_hf_checkpoint
+from erl_mega.model.hf_io import load_tokenizer, save_hf_checkpoint
 from erl_mega.model.tiny import init_tiny_state, tiny_config
 from erl_mega.model.tokenizer import train_tokenizer
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.train.batch import collate
+from erl_mega.train.dist import barrier, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.train.trainer import TrainerConfig
 
@@ -32,9 +33,16 @@ def base_policy_dir(model: ModelConfig, env: EnvConfig, seed: int) -> Path:
     return Path(model.cache_dir).expanduser() / f"base-{env.name}-{digest}"
 
 
-def ensure_base_policy(model: ModelConfig, env_cfg: EnvConfig, seed: int, progress: Callable[[int, int, float], None]) -> Path:
-    """Return the cached base policy, building it first if absent (`progress(step, total, loss)`)."""
+def ensure_base_policy(
+    model: ModelConfig, env_cfg: EnvConfig, seed: int, layout: TrainerConfig, progress: Callable[[int, int, float], None]
+) -> Path:
+    """Return the cached base policy, building it first if absent (`progress(step, total, loss)`).
+
+    Collective under torchrun: every rank trains in the run's TP × PP × DP layout (`layout`);
+    the leader writes the tokenizer, the initial weights and the result.
+    """
     out = base_policy_dir(model, env_cfg, seed)
+    barrier()
     if (out / "model.safetensors").exists():
         return out
     if env_cfg.name != "frozenlake":
@@ -43,20 +51,18 @@ def ensure_base_policy(model: ModelConfig, env_cfg: EnvConfig, seed: int, progre
             "set model.path to an HF checkpoint directory"
         )
     env = make_env(env_cfg.name, max_turns=env_cfg.max_turns, **env_cfg.options)
-    bootstrap = ChatFormat(train_tokenizer(["a"], vocab_size=0))  # bytes only: to render demonstrations as text
-    texts = corpus(demonstrations(env, bootstrap, env_cfg.initial_prompt, model.warmup, seed), bootstrap)
-    tokenizer = train_tokenizer(texts, model.tiny.vocab_size)
-    chat = ChatFormat(tokenizer)
-    rows = demonstrations(env, chat, env_cfg.initial_prompt, model.warmup, seed)
-    config = tiny_config(model.tiny, tokenizer)
     staging = out.with_name(out.name + ".init")
-    save_hf_checkpoint(staging, config, init_tiny_state(config, seed), tokenizer)
-    trainer = MegatronTrainer(
-        staging,
-        TrainerConfig(lr=model.warmup.lr, micro_batch_size=model.warmup.batch_size),
-        LossConfig(policy=PolicyLossConfig(kl_coef=0.0)),
-        seed=seed,
-    )
+    if is_leader():
+        bootstrap = ChatFormat(train_tokenizer(["a"], vocab_size=0))  # bytes only: to render demonstrations as text
+        texts = corpus(demonstrations(env, bootstrap, env_cfg.initial_prompt, model.warmup, seed), bootstrap)
+        tokenizer = train_tokenizer(texts, model.tiny.vocab_size)
+        config = tiny_config(model.tiny, tokenizer)
+        save_hf_checkpoint(staging, config, init_tiny_state(config, seed), tokenizer)
+    barrier()
+    tokenizer = load_tokenizer(staging)
+    rows = demonstrations(env, ChatFormat(tokenizer), env_cfg.initial_prompt, model.warmup, seed)
+    sft = dataclasses.replace(layout, lr=model.warmup.lr, micro_batch_size=model.warmup.batch_size)
+    trainer = MegatronTrainer(staging, sft, LossConfig(policy=PolicyLossConfig(kl_coef=0.0)), seed=seed)
     bs = model.warmup.batch_size
     total = model.warmup.epochs * -(-len(rows) // bs)
     step = 0
@@ -64,8 +70,10 @@ def ensure_base_policy(model: ModelConfig, env_cfg: EnvConfig, seed: int, progre
         for start in range(0, len(rows), bs):
             metrics = trainer.step(collate(rows[start : start + bs], tokenizer.pad_token_id))
             step += 1
-            progress(step, total, metrics["distill_loss"])
-    save_hf_checkpoint(out, config, trainer.hf_state(), tokenizer)
-
-    shutil.rmtree(staging, ignore_errors=True)
+            progress(step, total, metrics.get("distill_loss", 0.0))
+    state = trainer.hf_state()
+    if is_leader():
+        save_hf_checkpoint(out, trainer.hf_config, state, tokenizer)
+        shutil.rmtree(staging, ignore_errors=True)
+    barrier()
     return out

@@ -1,7 +1,8 @@
 """Run checkpoints: written atomically (a temp directory, then rename), resumed exactly.
 
-A checkpoint directory `step_<N>/` holds the trainer state (model, reference, optimizer, version),
-the reflection memory, the RNG states and the data position; `latest` names the newest one.
+A checkpoint directory `step_<N>/` holds the trainer state (one file per rank: model shards,
+reference, optimizer, version), the leader's reflection memory and RNG states and the data
+position; `latest` names the newest one. Every rank calls these functions together.
 """
 
 from __future__ import annotations
@@ -16,25 +17,31 @@ import numpy as np
 import torch
 
 from erl_mega.algo.memory import ReflectionMemory
+from erl_mega.train.dist import barrier, is_leader
 
 
 def save_checkpoint(out_dir: Path, step: int, trainer, memory: ReflectionMemory, extra: dict) -> Path:
     """Write `step_<N>` atomically and point `latest` at it; returns the directory."""
     final = out_dir / f"step_{step:06d}"
     tmp = out_dir / f".step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if is_leader():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
     trainer.save(tmp / "trainer.pt")
-    memory.save(tmp / "memory.json")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step} | extra, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = out_dir / ".latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, out_dir / "latest")
+    barrier()
+    if is_leader():
+        memory.save(tmp / "memory.json")
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step} | extra, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer = out_dir / ".latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, out_dir / "latest")
+    barrier()
     return final
 
 

@@ -90,3 +90,23 @@ def _seed(seed: int) -> None:
         return
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+
+
+def is_leader() -> bool:
+    """True on the one rank that drives rollouts, evaluation and run files (global rank 0)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_from_leader(obj: object) -> object:
+    """The leader's `obj` on every rank (pickled over the default group; the identity in one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -16,8 +16,15 @@ class InProcessWeightSync:
     """
 
     def push(self, trainer: Trainer, engines: list[RolloutEngine]) -> dict[str, float]:
-        """Send the trainer's current weights to every engine; returns bytes and seconds."""
+        """Send the trainer's current weights to every engine; returns bytes and seconds.
+
+        Every trainer rank calls it (the bucket stream is a collective); ranks without an engine
+        take part in the gathers and drop the buckets.
+        """
         start, sent = time.perf_counter(), 0
+        if not engines:
+            for _ in trainer.named_parameters_hf():
+                pass
         for engine in engines:
             counted = _counting(trainer.named_parameters_hf())
             engine.update_weights(counted, trainer.version)
