@@ -1,4 +1,4 @@
-"""The `erl-mega` command: `train` and `eval`, each taking hydra overrides (`key=value`, `group=option`)."""
+"""The `erl-mega` command: `train`, `eval` and `export`, each taking hydra overrides (`key=value`, `group=option`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from erl_mega.config.schema import RunConfig, build
 
-USAGE = "usage: erl-mega {train,eval} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
+USAGE = "usage: erl-mega {train,eval,export} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
 
 
 def load_config(overrides: list[str]) -> RunConfig:
@@ -26,7 +26,7 @@ def load_config(overrides: list[str]) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] not in ("train", "eval"):
+    if not args or args[0] not in ("train", "eval", "export"):
         print(USAGE, file=sys.stderr)
         return 2
     try:
@@ -38,8 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         from erl_mega.run import train
 
         train(cfg)
-    else:
+    elif args[0] == "eval":
         from erl_mega.run import evaluate_policy
 
         evaluate_policy(cfg)
+    else:
+        from erl_mega.export import export_hf
+
+        try:
+            export_hf(cfg)
+        except ValueError as err:
+            print(f"erl-mega: {err}", file=sys.stderr)
+            return 2
     return 0

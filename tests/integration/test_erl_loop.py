@@ -78,3 +78,27 @@ def test_bad_config_is_one_clear_line(capsys):
     assert err.count("\n") == 0 and "env.name='nolake'" in err
     assert main(["train", "trainer.lr=-1"]) == 2
     assert "trainer.lr=-1" in capsys.readouterr().err
+
+
+def test_export_writes_the_checkpoint_as_loadable_hf(tmp):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from erl_mega.model.hf_io import load_hf_config, load_hf_state
+    from erl_mega.train.convert import megatron_to_hf
+
+    out = tmp / "straight"  # trained for 2 steps above, checkpointed every step
+    assert main(["export", *overrides(tmp, out)]) == 0
+    exported = load_hf_state(out / "hf")
+    shard = torch.load(out / "step_000002" / "trainer.tp0_pp0_dp0.pt", weights_only=False)["model"]
+    expected = megatron_to_hf(shard, load_hf_config(out / "hf"))
+    assert exported.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(exported[name], tensor), name
+    logits = AutoModelForCausalLM.from_pretrained(out / "hf")(torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_export_without_checkpoint_is_one_clear_line(tmp, capsys):
+    assert main(["export", *overrides(tmp, tmp / "never-trained")]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
