@@ -238,6 +238,8 @@ def evaluate_policy(cfg: RunConfig) -> dict[str, dict]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     console.print(eval_table(results, cfg))
+    if "tag_missing_rate" in episodes.metrics:
+        console.print(f"reflections without a <prompt> tag (prompt kept): {episodes.metrics['tag_missing_rate']:.0%}")
     console.print(f"episodes: {write_task_samples(out / 'eval_samples.md', episodes.tasks[:4], c.chat)}")
     return results
 
