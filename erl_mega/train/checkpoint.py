@@ -1,8 +1,9 @@
 """Run checkpoints: written atomically (a temp directory, then rename), resumed exactly.
 
-A checkpoint directory `step_<N>/` holds the trainer state (one file per rank: model shards,
-reference, optimizer, version), the leader's reflection memory and RNG states and the data
-position; `latest` names the newest one. Every rank calls these functions together.
+A checkpoint directory `step_<N>/` holds the trainer state (`trainer/`: megatron-core's
+distributed checkpoint of the policy, its optimizer and the version, loadable at another
+TP x PP x DP layout), the leader's reflection memory and RNG states and the data position;
+`latest` names the newest one. Every rank calls these functions together.
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 Parallelism is applied from outside the model: megatron's parallel state and layer specs shard
 it, its DDP wrapper owns the gradient buffers, its (distributed) optimizer steps it, and its
 pipeline schedule (1F1B) runs forward and backward over the micro-batches of this DP rank.
+The frozen reference policy (KL term) stays in host memory on CUDA, on the GPU only for its forward.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +30,13 @@ from erl_mega.model.hf_io import load_hf_config, load_hf_state
 from erl_mega.rollout.engine import NamedTensors
 from erl_mega.train.batch import TrainBatch
 from erl_mega.train.convert import iter_hf_buckets, load_hf_weights
+from erl_mega.train.cpu_compat import on_host
 from erl_mega.train.dist import init_parallel, world_size
+from erl_mega.train.dist_checkpoint import (
+    init_adam_state,
+    load_trainer_state,
+    save_trainer_state,
+)
 from erl_mega.train.layout import ParallelLayout, parallel_layout
 from erl_mega.train.loss import LossConfig, LossReport, micro_batch_loss, token_hidden
 from erl_mega.train.megatron_model import (
@@ -65,7 +73,7 @@ class MegatronTrainer:
         self.model = self._build(hf_state)
         self.reference = None
         if loss.policy.kl_coef > 0:
-            self.reference = self._build(hf_state).eval().requires_grad_(False)
+            self.reference = _offload(self._build(hf_state).eval().requires_grad_(False))
         config = self.model.config
         ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=True)
         self.ddp = DistributedDataParallel(config, ddp_config, self.model)
@@ -79,6 +87,7 @@ class MegatronTrainer:
             ),
             [self.ddp],
         )
+        init_adam_state(self.optimizer)
         self.version = 0
 
     def _build(self, hf_state: dict[str, Tensor]) -> GPTModel:
@@ -137,8 +146,12 @@ class MegatronTrainer:
 
     @torch.no_grad()
     def _reference_logprobs(self, mbs: list[ModelInputs]) -> list[Tensor]:
-        """The reference policy's log-prob of each micro-batch's targets (last stage; empty elsewhere)."""
-        outputs = self._run(self.reference, mbs, partial(self._logprob_loss, self.reference), forward_only=True)
+        """The reference policy's log-prob of each micro-batch's targets (last stage; empty elsewhere).
+
+        On CUDA the reference lives in host memory and visits the GPU only for this forward pass.
+        """
+        with _on_gpu(self.reference):
+            outputs = self._run(self.reference, mbs, partial(self._logprob_loss, self.reference), forward_only=True)
         return [out["logp"] for out in outputs]
 
     def _logprob_loss(self, model: GPTModel, mb: ModelInputs, index: int, hidden: Tensor):
@@ -166,41 +179,35 @@ class MegatronTrainer:
         """The policy as one HF state dict (export; collective)."""
         return {name: t.clone() for bucket in self.named_parameters_hf() for name, t in bucket}
 
-    def state_dict(self) -> dict:
-        """This rank's model shards, its distributed-optimizer shard (torch Adam state) and the version."""
-        return {
-            "model": self.model.state_dict(),
-            "reference": None if self.reference is None else self.reference.state_dict(),
-            "optimizer": [opt.optimizer.state_dict() for opt in self.optimizer.chained_optimizers],
-            "version": self.version,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"], strict=True)
-        if self.reference is not None and state["reference"] is not None:
-            self.reference.load_state_dict(state["reference"], strict=True)
-        for opt, saved in zip(self.optimizer.chained_optimizers, state["optimizer"], strict=True):
-            opt.optimizer.load_state_dict(saved)
-        self.version = state["version"]
-
     def save(self, path: Path) -> None:
-        """One file per rank next to `path`; resuming needs the same TP × PP × DP layout.
+        """The policy, its optimizer and the version into the directory `path` less its suffix (collective).
 
-        megatron's DP-resharding save (`save_parameter_state`, dp_zero format) writes no per-param
-        `step`, which torch's Adam (the optimizer without Apex/TE) keeps, so its load raises KeyError.
+        megatron's distributed checkpoint: any TP x PP x DP layout loads it. The reference policy
+        is not saved: it is the frozen HF checkpoint every trainer is built from.
         """
-        torch.save(self.state_dict(), self._file(path))
+        save_trainer_state(path.with_suffix(""), self.model, self.optimizer, self.version)
 
     def load(self, path: Path) -> None:
-        self.load_state_dict(torch.load(self._file(path), weights_only=False))
+        """Restore what `save(path)` wrote, whatever layout wrote it (collective)."""
+        self.version = load_trainer_state(path.with_suffix(""), self.model, self.optimizer)
 
-    def _file(self, path: Path) -> Path:
-        ranks = (
-            parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_pipeline_model_parallel_rank(),
-            parallel_state.get_data_parallel_rank(),
-        )
-        return path.with_name("{}.tp{}_pp{}_dp{}{}".format(path.stem, *ranks, path.suffix))
+
+def _offload(model: GPTModel) -> GPTModel:
+    """The model moved to host memory when it lives on CUDA (a no-op on the host)."""
+    return model if on_host() else model.cpu()
+
+
+@contextmanager
+def _on_gpu(model: GPTModel) -> Iterator[None]:
+    """Within: an offloaded model is on the current CUDA device; back in host memory after."""
+    if on_host():
+        yield
+        return
+    model.cuda()
+    try:
+        yield
+    finally:
+        model.cpu()
 
 
 def _unwrap(module) -> GPTModel:

@@ -26,11 +26,7 @@ def layouts(rank: int, hf_path: Path, out: Path, tp_pp: list[tuple[int, int]]) -
     """One step under each (tp, pp) in turn, in one process group; the last stage's TP/DP rank 0 writes."""
     for tp, pp in tp_pp:
         result = one_step(MegatronTrainer(hf_path, trainer_config(tp, pp), LOSS))
-        if (
-            parallel_state.is_pipeline_last_stage()
-            and parallel_state.get_tensor_model_parallel_rank() == 0
-            and parallel_state.get_data_parallel_rank() == 0
-        ):
+        if is_reporting_rank():
             torch.save(result, out / f"tp{tp}_pp{pp}.pt")
         reset_parallel()
 
@@ -54,3 +50,35 @@ def convert_round_trip(rank: int, hf_paths: list[Path], out: Path) -> None:
         streamed = [[(name, t.clone()) for name, t in bucket] for bucket in iter_hf_buckets(model, config, 20_000)]
         if rank == 0:
             torch.save(streamed, out / f"{path.name}.pt")
+
+
+def is_reporting_rank() -> bool:
+    """The rank whose results stand for the layout: last pipeline stage, TP and DP rank 0."""
+    return (
+        parallel_state.is_pipeline_last_stage()
+        and parallel_state.get_tensor_model_parallel_rank() == 0
+        and parallel_state.get_data_parallel_rank() == 0
+    )
+
+
+def save_midway(rank: int, hf_path: Path, out: Path, tp_pp: list[tuple[int, int]]) -> None:
+    """Per layout: a step, a checkpoint `<out>/tp<t>_pp<p>/trainer`, then the uninterrupted run's second step.
+
+    Last, DP=2 resumes the first layout's checkpoint and takes that second step (`<out>/dp2_resumed.pt`).
+    """
+    for tp, pp in tp_pp:
+        trainer = MegatronTrainer(hf_path, trainer_config(tp, pp), LOSS)
+        trainer.step(make_batch())
+        trainer.save(out / f"tp{tp}_pp{pp}" / "trainer.pt")
+        trainer.step(make_batch(seed=1))
+        hf = trainer.hf_state()
+        if is_reporting_rank():
+            torch.save(hf, out / f"tp{tp}_pp{pp}.pt")
+        reset_parallel()
+    tp, pp = tp_pp[0]
+    trainer = MegatronTrainer(hf_path, trainer_config(), LOSS)
+    trainer.load(out / f"tp{tp}_pp{pp}" / "trainer.pt")
+    trainer.step(make_batch(seed=1))
+    hf = trainer.hf_state()
+    if rank == 0:
+        torch.save(hf, out / "dp2_resumed.pt")
