@@ -43,35 +43,12 @@ def fused_policy_loss(
     positions too.
     """
     if hidden.is_cuda:
-        from kernels.fused_linear_logprob import fused_policy_loss_triton
-
-        return fused_policy_loss_triton(
-            hidden,
-            weight,
-            targets,
-            old_logp,
-            advantages,
-            mask,
-            cfg,
-            ref_logp=ref_logp,
-            rollout_logp=rollout_logp,
-            cu_seqlens=cu_seqlens,
-            temperature=temperature,
-            group=group,
-        )
-    return fused_policy_loss_reference(
-        hidden,
-        weight,
-        targets,
-        old_logp,
-        advantages,
-        mask,
-        cfg,
-        ref_logp=ref_logp,
-        rollout_logp=rollout_logp,
-        cu_seqlens=cu_seqlens,
-        temperature=temperature,
-        group=group,
+        from kernels.fused_linear_logprob import fused_policy_loss_triton as impl
+    else:
+        impl = fused_policy_loss_reference
+    return impl(
+        hidden, weight, targets, old_logp, advantages, mask, cfg, ref_logp=ref_logp, rollout_logp=rollout_logp,
+        cu_seqlens=cu_seqlens, temperature=temperature, group=group,
     )
 
 
@@ -104,14 +81,10 @@ def packed_distill_loss(
 ) -> Tensor:
     """Weighted distillation CE of packed sequences: hidden [N, H], cu_seqlens [S + 1], seq_weights [S]."""
     if hidden.is_cuda:
-        from kernels.packed_distill_loss import packed_distill_loss_triton
-
-        return packed_distill_loss_triton(
-            hidden, weight, targets, mask, cu_seqlens, seq_weights, aggregation, group=group
-        )
-    return packed_distill_loss_reference(
-        hidden, weight, targets, mask, cu_seqlens, seq_weights, aggregation, group=group
-    )
+        from kernels.packed_distill_loss import packed_distill_loss_triton as impl
+    else:
+        impl = packed_distill_loss_reference
+    return impl(hidden, weight, targets, mask, cu_seqlens, seq_weights, aggregation, group=group)
 
 
 def group_advantages(rewards: Tensor, group_ids: Tensor, mode: str = "grpo") -> Tensor:

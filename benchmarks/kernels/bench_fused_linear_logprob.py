@@ -21,10 +21,10 @@ from benchmarks.kernels.harness import (
     Measurement,
     append_results,
     bf16_gemm_tflops,
-    fmt,
     markdown_table,
     measure,
     require_cuda,
+    side_by_side,
 )
 from erl_mega.algo.losses import PolicyLossConfig
 from kernels.dispatch import fused_policy_loss, fused_token_logprobs
@@ -150,33 +150,9 @@ def main() -> None:
                 if isinstance(step, str)
                 else measure(name, step, leaves, args.iters, args.warmup)
             )
-        ours = by_method["erl-mega triton"]
-        for m in by_method.values():
-            speedup = m.ms / ours.ms if m.ms and ours.ms else None
-            memory = ours.peak_gib / m.peak_gib if m.peak_gib and ours.peak_gib else None
-            x_floor = m.ms / floor_ms if m.ms else None
-            rows.append(
-                [
-                    str(tokens),
-                    m.method,
-                    fmt(m.ms, ".1f"),
-                    fmt(x_floor, ".2f"),
-                    fmt(speedup, ".2f"),
-                    fmt(m.peak_gib, ".2f"),
-                    fmt(memory, ".3f"),
-                    m.note,
-                ]
-            )
-            records.append(
-                {
-                    "tokens": tokens,
-                    "method": m.method,
-                    "ms": m.ms,
-                    "x_floor": x_floor,
-                    "peak_gib": m.peak_gib,
-                    "note": m.note,
-                }
-            )
+        table, recs = side_by_side(tokens, list(by_method.values()), by_method["erl-mega triton"], floor_ms)
+        rows += table
+        records += recs
         verdicts += _verdicts(tokens, by_method, floor_ms)
         del batch
         torch.cuda.empty_cache()

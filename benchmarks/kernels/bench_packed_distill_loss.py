@@ -22,10 +22,10 @@ from benchmarks.kernels.harness import (
     Measurement,
     append_results,
     bf16_gemm_tflops,
-    fmt,
     markdown_table,
     measure,
     require_cuda,
+    side_by_side,
 )
 from kernels.dispatch import packed_distill_loss
 from kernels.reference import packed_distill_loss_reference
@@ -92,33 +92,9 @@ def main() -> None:
             else measure(name, step, leaves, args.iters, args.warmup)
             for name, step in _methods(batch, compiled).items()
         ]
-        ours = results[0]
-        for m in results:
-            speedup = m.ms / ours.ms if m.ms and ours.ms else None
-            memory = ours.peak_gib / m.peak_gib if m.peak_gib and ours.peak_gib else None
-            x_floor = m.ms / floor_ms if m.ms else None
-            rows.append(
-                [
-                    str(tokens),
-                    m.method,
-                    fmt(m.ms, ".1f"),
-                    fmt(x_floor, ".2f"),
-                    fmt(speedup, ".2f"),
-                    fmt(m.peak_gib, ".2f"),
-                    fmt(memory, ".3f"),
-                    m.note,
-                ]
-            )
-            records.append(
-                {
-                    "tokens": tokens,
-                    "method": m.method,
-                    "ms": m.ms,
-                    "x_floor": x_floor,
-                    "peak_gib": m.peak_gib,
-                    "note": m.note,
-                }
-            )
+        table, recs = side_by_side(tokens, results, results[0], floor_ms)
+        rows += table
+        records += recs
         del batch
         torch.cuda.empty_cache()
     header = ["N", "method", "fwd+bwd ms", "x floor", "ours faster by", "peak GiB", "ours/its memory", "note"]

@@ -121,3 +121,17 @@ def append_results(title: str, command: str, body: str) -> None:
 def fmt(value: float | None, spec: str) -> str:
     """Format a number for the table; a dash where the method did not run."""
     return "—" if value is None else format(value, spec)
+
+
+def side_by_side(tokens: int, results: list[Measurement], ours: Measurement, floor_ms: float) -> tuple[list[list[str]], list[dict]]:
+    """Table rows and JSON records for one size: each method's time, multiple of the floor, speed-up and memory vs ours."""
+    rows, records = [], []
+    for m in results:
+        speedup = m.ms / ours.ms if m.ms and ours.ms else None
+        memory = ours.peak_gib / m.peak_gib if m.peak_gib and ours.peak_gib else None
+        x_floor = m.ms / floor_ms if m.ms else None
+        rows.append([str(tokens), m.method, fmt(m.ms, ".1f"), fmt(x_floor, ".2f"), fmt(speedup, ".2f"),
+                     fmt(m.peak_gib, ".2f"), fmt(memory, ".3f"), m.note])
+        records.append({"tokens": tokens, "method": m.method, "ms": m.ms, "x_floor": x_floor,
+                        "peak_gib": m.peak_gib, "note": m.note})
+    return rows, records
