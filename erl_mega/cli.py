@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 from omegaconf import OmegaConf
 
@@ -24,7 +25,21 @@ def load_config(overrides: list[str]) -> RunConfig:
     return build(RunConfig, OmegaConf.to_container(raw, resolve=True))
 
 
+# Expected on a machine without TransformerEngine/Apex, or from megatron-core 0.16 on a newer torch;
+# each is explained in the README, so the command does not repeat them on every start.
+KNOWN_WARNINGS = (
+    ".*(Transformer Engine|Apex) (and Apex )?(is|are) not installed.*",
+    ".*full scope is deprecated.*",
+    ".*tp_group is None.*",
+    ".*MLP requires ffn_hidden_size.*",
+    ".*is deprecated. Please use `torch.distributed.*",
+    ".*The .grad attribute of a Tensor that is not a leaf Tensor is being accessed.*",  # cpu_compat's type checks
+)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for pattern in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in ("train", "eval", "export"):
         print(USAGE, file=sys.stderr)
