@@ -31,13 +31,15 @@ def plot_curves(metrics_path: Path, results: dict[str, dict], out: Path) -> Path
     """Training success (attempts 1 and 2), losses and the held-out results, in one PNG."""
     rows = read_metrics(metrics_path)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("attempt1_success", "attempt 1 (train)"), ("attempt2_success", "attempt 2 (train)")):
+    for key, label in (("attempt1_success", "attempt 1 (train, sampled)"), ("attempt2_success", "attempt 2 (train, sampled)")):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
-            ax1.plot(*zip(*pts), marker=".", label=label)
+            steps, values = zip(*pts)
+            line = ax1.plot(steps, values, marker=".", alpha=0.3)[0]
+            ax1.plot(steps, _moving_average(values, SMOOTH), color=line.get_color(), label=f"{label}, mean of {SMOOTH}")
     for key, style in (("base", ":"), ("trained", "--")):
         if key in results:
-            ax1.axhline(results[key]["success"], linestyle=style, color="k", label=f"held-out {key}")
+            ax1.axhline(results[key]["success"], linestyle=style, color="k", label=f"held-out {key} (greedy)")
     ax1.set(xlabel="step", ylabel="success rate", ylim=(0, 1.02), title="success")
     ax1.legend(fontsize=8)
     for key in ("policy_loss", "distill_loss", "kl"):
@@ -50,6 +52,14 @@ def plot_curves(metrics_path: Path, results: dict[str, dict], out: Path) -> Path
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+SMOOTH = 5  # steps averaged in the success curves: one step is only tasks_per_step × n_rollouts episodes
+
+
+def _moving_average(values: tuple[float, ...], window: int) -> list[float]:
+    """Trailing mean over up to `window` points (shorter at the start)."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1) for i in range(len(values))]
 
 
 def write_samples(path: Path, episodes: tuple[Trajectory, ...] | list[Trajectory]) -> Path:
