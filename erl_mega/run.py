@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from erl_mega.algo.memory import ReflectionMemory
 from erl_mega.algo.prompts import with_action_format
 from erl_mega.algo.rows import distill_rows, policy_rows
 from erl_mega.config.schema import RunConfig
-from erl_mega.envs.base import make_env, task_seed
+from erl_mega.envs.base import Env, make_env, task_seed
 from erl_mega.evaluate import EvalResult, evaluate
 from erl_mega.metrics import MetricsLog
 from erl_mega.model.gguf import ensure_converted
@@ -51,7 +52,7 @@ class Components:
     policy_dir: Path
     chat: ChatFormat
     engine: LocalEngine
-    make_env: object
+    make_env: Callable[[], Env]
     action_format: str
     max_context: int
 

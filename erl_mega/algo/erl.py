@@ -120,23 +120,20 @@ class ErlWorkflow:
         flat2 = self._play(specs2)
         seconds2 = time.perf_counter() - clock
         updates = 0
-        for k in range(len(failed)):
-            for i in range(n):
-                j = k * n + i
-                if not self.cfg.no_reflection and flat2[j].reward >= tau and not reflections[j].meta["tag_missing"]:
-                    if not self.cfg.no_memory:
-                        self.memory.add(prompts[j])
+        for j, (second, prompt) in enumerate(zip(flat2, prompts)):
+            if reflections:  # memory <- a reflection whose attempt 2 succeeded; its reward is r2
+                if second.reward >= tau and not reflections[j].meta["tag_missing"]:
                     updates += 1
-                if reflections:
-                    reflections[j] = replace(reflections[j], reward=flat2[j].reward)
-        tasks = []
-        for t, seed in enumerate(env_seeds):
-            if t in failed:
-                k = failed.index(t)
-                block = slice(k * n, (k + 1) * n)
-                tasks.append(TaskEpisodes(seed, attempt1[t], tuple(reflections[block]), tuple(flat2[block])))
-            else:
-                tasks.append(TaskEpisodes(seed, attempt1[t]))
+                    if not self.cfg.no_memory:
+                        self.memory.add(prompt)
+                reflections[j] = replace(reflections[j], reward=second.reward)
+        retried = {t: slice(k * n, (k + 1) * n) for k, t in enumerate(failed)}
+        tasks = [
+            TaskEpisodes(seed, attempt1[t], tuple(reflections[retried[t]]), tuple(flat2[retried[t]]))
+            if t in retried
+            else TaskEpisodes(seed, attempt1[t])
+            for t, seed in enumerate(env_seeds)
+        ]
         success2 = sum(tr.reward >= tau for tr in flat2) / len(flat2)
         metrics |= {
             "attempt2_success": success2,
