@@ -6,7 +6,7 @@ Megatron names are those of `build_gpt_model` (local layer spec: norms outside t
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -68,21 +68,25 @@ def load_hf_weights(model: GPTModel, hf_state: dict[str, Tensor], hf_config: Pre
     model.load_state_dict(local_state(model, full, model.pg_collection.tp), strict=True)
 
 
-def iter_hf_buckets(model: GPTModel, hf_config: PreTrainedConfig, bucket_bytes: int) -> Iterator[NamedTensors]:
+def iter_hf_buckets(
+    model: GPTModel | Iterable[GPTModel], hf_config: PreTrainedConfig, bucket_bytes: int
+) -> Iterator[NamedTensors]:
     """Stream the model's weights as HF-named full tensors in buckets of at most `bucket_bytes`.
 
-    Order: embedding, layers one by one, final norm, head. A tensor larger than the bound travels
-    alone. Under model parallelism this is a collective of the model's TP and PP groups: each
-    section (embedding, one layer, norm and head) is gathered across TP on the stage that holds it
-    and broadcast along PP, so every rank yields the same stream and no rank ever holds more than
-    one layer beyond its own slice. Tensors may share storage with the parameters, so a receiver
+    `model` is one GPTModel or its virtual-stage chunks in order. Order of the stream: embedding,
+    layers one by one, final norm, head. A tensor larger than the bound travels alone. Under model
+    parallelism this is a collective of the model's TP and PP groups: each section (embedding, one
+    layer, norm and head) is gathered across TP on the stage that holds it and broadcast along PP,
+    so every rank yields the same stream and no rank ever holds more than one layer beyond its own
+    slice. Tensors may share storage with the parameters, so a receiver
     copies them before the next optimizer step.
     """
     if bucket_bytes < 1:
         raise ValueError(f"bucket_bytes={bucket_bytes}; must be >= 1")
     bucket: NamedTensors = []
     size = 0
-    for name, tensor in _hf_tensors(model, hf_arch(hf_config)):
+    chunks = [model] if isinstance(model, GPTModel) else list(model)
+    for name, tensor in _hf_tensors(chunks, hf_arch(hf_config)):
         nbytes = tensor.numel() * tensor.element_size()
         if bucket and size + nbytes > bucket_bytes:
             yield bucket
@@ -93,21 +97,23 @@ def iter_hf_buckets(model: GPTModel, hf_config: PreTrainedConfig, bucket_bytes: 
         yield bucket
 
 
-def _hf_tensors(model: GPTModel, arch: HFArch) -> Iterator[tuple[str, Tensor]]:
+def _hf_tensors(chunks: list[GPTModel], arch: HFArch) -> Iterator[tuple[str, Tensor]]:
     """HF-named full tensors, one model section at a time, from whichever pipeline stage holds it."""
-    pp = model.pg_collection.pp
-    sections = _local_sections(model, arch)
+    pp = chunks[0].pg_collection.pp
     if pp.size() == 1:
-        for section in sections:
-            yield from section()
+        for chunk in chunks:
+            for section in _local_sections(chunk, arch):
+                yield from section()
         return
-    device = next(model.parameters()).device
-    for stage in range(pp.size()):
-        mine = stage == pp.rank()
-        count = [len(sections) if mine else 0]
-        dist.broadcast_object_list(count, group=pp, group_src=stage)
-        for i in range(count[0]):
-            yield from _broadcast_section(sections[i]() if mine else None, stage, pp, device)
+    device = next(chunks[0].parameters()).device
+    for chunk in chunks:  # virtual stage v on every pipeline rank, then v + 1: the global layer order
+        sections = _local_sections(chunk, arch)
+        for stage in range(pp.size()):
+            mine = stage == pp.rank()
+            count = [len(sections) if mine else 0]
+            dist.broadcast_object_list(count, group=pp, group_src=stage)
+            for i in range(count[0]):
+                yield from _broadcast_section(sections[i]() if mine else None, stage, pp, device)
 
 
 def _local_sections(model: GPTModel, arch: HFArch) -> list[Callable[[], list[tuple[str, Tensor]]]]:

@@ -16,16 +16,16 @@ _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _HOST = ExitStack()  # holds cpu_compat.host_devices() while megatron's parallel state lives on the host
 
 
-def init_parallel(tp: int = 1, pp: int = 1, seed: int = 0) -> None:
+def init_parallel(tp: int = 1, pp: int = 1, seed: int = 0, vpp: int = 1) -> None:
     """Join (or create) the process group, build megatron's TP/PP/DP groups and seed every RNG.
 
     Under torchrun the group comes from its env vars; otherwise it is a single local process.
-    A repeated call with the same tp/pp keeps the groups and only reseeds.
+    A repeated call with the same tp/pp keeps the groups, sets `vpp` (virtual pipeline stages
+    form no group of their own) and reseeds.
     """
-    if tp < 1:
-        raise ValueError(f"tp={tp}; must be >= 1")
-    if pp < 1:
-        raise ValueError(f"pp={pp}; must be >= 1")
+    for name, size in (("tp", tp), ("pp", pp), ("vpp", vpp)):
+        if size < 1:
+            raise ValueError(f"{name}={size}; must be >= 1")
     if not dist.is_initialized():
         _init_process_group()
     world_size = dist.get_world_size()
@@ -47,6 +47,8 @@ def init_parallel(tp: int = 1, pp: int = 1, seed: int = 0) -> None:
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
         )
+    # megatron reads None as "no virtual stages"; its interleaved schedule runs when this is set.
+    parallel_state.set_virtual_pipeline_model_parallel_world_size(vpp if vpp > 1 else None)
     _seed(seed)
 
 

@@ -23,6 +23,7 @@ per-parameter `step` tensor:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from megatron.core import dist_checkpointing, parallel_state
@@ -51,19 +52,20 @@ def init_adam_state(optimizer: ChainedOptimizer) -> None:
             state.setdefault("step", torch.tensor(0.0))
 
 
-def save_trainer_state(directory: Path, model: GPTModel, optimizer: ChainedOptimizer, version: int) -> None:
-    """Write the policy, its optimizer and the weight version into `directory` (collective: every rank)."""
+def save_trainer_state(directory: Path, model: Sequence[GPTModel], optimizer: ChainedOptimizer, version: int) -> None:
+    """Write the policy's chunks, its optimizer and the weight version into `directory` (collective: every rank)."""
     directory.mkdir(parents=True, exist_ok=True)
     barrier()  # rank 0 checks the directory is empty before anyone writes
     strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), _dp_group())
     dist_checkpointing.save(_sharded_state(model, optimizer, version, is_loading=False), str(directory), strategy)
 
 
-def load_trainer_state(directory: Path, model: GPTModel, optimizer: ChainedOptimizer) -> int:
+def load_trainer_state(directory: Path, model: Sequence[GPTModel], optimizer: ChainedOptimizer) -> int:
     """Read a checkpoint written at any layout into this rank's shards; returns the weight version."""
     strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(str(directory)), _dp_group())
     state = dist_checkpointing.load(_sharded_state(model, optimizer, 0, is_loading=True), str(directory), strategy)
-    model.load_state_dict(state["model"], strict=True)
+    for chunk, chunk_state in zip(model, state["model"], strict=True):
+        chunk.load_state_dict(chunk_state, strict=True)
     _load_optimizer(optimizer, state["optimizer"])
     return int(state["version"])
 
@@ -73,8 +75,11 @@ def _dp_group() -> torch.distributed.ProcessGroup:
     return parallel_state.get_data_parallel_group(with_context_parallel=True)
 
 
-def _sharded_state(model: GPTModel, optimizer: ChainedOptimizer, version: int, is_loading: bool) -> ShardedStateDict:
-    model_state = model.sharded_state_dict()
+def _sharded_state(
+    model: Sequence[GPTModel], optimizer: ChainedOptimizer, version: int, is_loading: bool
+) -> ShardedStateDict:
+    # One entry per chunk; shards are keyed by global layer, so any TP x PP x VPP x DP reads them.
+    model_state = [chunk.sharded_state_dict() for chunk in model]
     optimizer_state = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=_FORMAT)
     return {"model": model_state, "optimizer": optimizer_state, "version": version}
 

@@ -111,10 +111,16 @@ def transformer_config_from_hf(
 ) -> TransformerConfig:
     """The megatron TransformerConfig that computes what the HF decoder computes."""
     arch = hf_arch(hf_config)
+    vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
     return TransformerConfig(
         # The layout megatron's parallel state holds: layers per stage and head shards follow it.
         tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        virtual_pipeline_model_parallel_size=vpp,
+        # Interleaved: unbatched p2p, as megatron-LM runs it. Batched p2p posts [send prev, recv prev,
+        # send next, recv next]: at pp=2 prev and next are one peer, so a call that sends both an
+        # activation and a gradient pairs each with the other's receive (see pipeline_p2p.py).
+        batch_p2p_comm=vpp is None,
         num_layers=arch.num_layers,
         hidden_size=hf_config.hidden_size,
         ffn_hidden_size=hf_config.intermediate_size,
@@ -152,11 +158,13 @@ def build_gpt_model(
     *,
     pre_process: bool = True,
     post_process: bool = True,
+    vp_stage: int | None = None,
 ) -> GPTModel:
     """A randomly initialised GPTModel shaped like the HF model; vocab exactly as HF (no padding).
 
     Tensor- and pipeline-parallel sizes come from megatron's parallel state; `pre_process` /
-    `post_process` say whether this pipeline stage holds the embedding / the final norm and head.
+    `post_process` say whether this pipeline stage holds the embedding / the final norm and head;
+    `vp_stage` is the model chunk's virtual stage under an interleaved pipeline (None without one).
     """
     config = transformer_config_from_hf(hf_config, params_dtype)
     arch = hf_arch(hf_config)
@@ -169,6 +177,7 @@ def build_gpt_model(
         post_process=post_process,
         position_embedding_type="rope",
         share_embeddings_and_output_weights=arch.tied_embeddings,
+        vp_stage=vp_stage,
         **arch.rope,
     )
     if cpu_compat.on_host():

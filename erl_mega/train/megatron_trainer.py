@@ -2,7 +2,8 @@
 
 Parallelism is applied from outside the model: megatron's parallel state and layer specs shard
 it, its DDP wrapper owns the gradient buffers, its (distributed) optimizer steps it, and its
-pipeline schedule (1F1B) runs forward and backward over the micro-batches of this DP rank.
+pipeline schedule (1F1B, interleaved over `trainer.vpp` model chunks per pipeline rank) runs forward
+and backward over the micro-batches of this DP rank.
 The frozen reference policy (KL term) stays in host memory on CUDA, on the GPU only for its forward.
 """
 
@@ -24,6 +25,7 @@ from megatron.core.distributed import (
 from megatron.core.models.gpt import GPTModel
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.process_groups_config import ProcessGroupCollection
 from torch import Tensor
 
 from erl_mega.model.hf_io import load_hf_config, load_hf_state
@@ -49,6 +51,7 @@ from erl_mega.train.micro_batches import (
     packed_micro_batches,
     padded_micro_batches,
 )
+from erl_mega.train.pipeline_p2p import OrderedShapesP2P
 from erl_mega.train.trainer import TrainerConfig
 from kernels.dispatch import fused_token_logprobs
 
@@ -66,42 +69,53 @@ class MegatronTrainer:
         params_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.hf_config = load_hf_config(hf_path)
-        self.layout: ParallelLayout = parallel_layout(world_size(), optim.tp, optim.pp, self.hf_config)
-        init_parallel(tp=optim.tp, pp=optim.pp, seed=seed)
+        self.layout: ParallelLayout = parallel_layout(world_size(), optim.tp, optim.pp, self.hf_config, optim.vpp)
+        init_parallel(tp=optim.tp, pp=optim.pp, seed=seed, vpp=optim.vpp)
         self.optim_cfg, self.loss_cfg, self.params_dtype = optim, loss, params_dtype
         hf_state = load_hf_state(hf_path)
-        self.model = self._build(hf_state)
+        self.model = self._build(hf_state)  # one GPTModel per virtual stage of this pipeline rank
         self.reference = None
         if loss.policy.kl_coef > 0:
             self.reference = _offload(self._build(hf_state).eval().requires_grad_(False))
-        config = self.model.config
+        config = self.model[0].config  # the schedule reads the first chunk's config
         ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=True)
-        self.ddp = DistributedDataParallel(config, ddp_config, self.model)
+        # As megatron's own training loop: only the first chunk's gradients go in buckets.
+        self.ddp = [
+            DistributedDataParallel(chunk.config, ddp_config, chunk, disable_bucketing=i > 0)
+            for i, chunk in enumerate(self.model)
+        ]
         config.finalize_model_grads_func = finalize_model_grads
-        config.no_sync_func = self.ddp.no_sync
+        no_sync = [ddp.no_sync for ddp in self.ddp]  # the interleaved schedule takes one per chunk
+        config.no_sync_func = no_sync if len(no_sync) > 1 else no_sync[0]
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
                 optimizer="adam", lr=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.beta1,
                 adam_beta2=optim.beta2, clip_grad=optim.grad_clip, params_dtype=config.params_dtype,
                 bf16=config.bf16, use_distributed_optimizer=True,
             ),
-            [self.ddp],
+            self.ddp,
         )
         init_adam_state(self.optimizer)
         self.version = 0
 
-    def _build(self, hf_state: dict[str, Tensor]) -> GPTModel:
-        model = build_gpt_model(
-            self.hf_config,
-            self.params_dtype,
-            pre_process=parallel_state.is_pipeline_first_stage(),
-            post_process=parallel_state.is_pipeline_last_stage(),
-        )
-        load_hf_weights(model, hf_state, self.hf_config)
-        # Micro-batches differ in length: pipeline stages exchange shapes first. Set after
-        # construction: TransformerConfig's check rejects it for its (unused here) MoE dispatcher.
-        model.config.variable_seq_lengths = True
-        return model
+    def _build(self, hf_state: dict[str, Tensor]) -> torch.nn.ModuleList:
+        """This pipeline rank's model chunks, one per virtual stage, loaded from the HF state."""
+        vpp = self.layout.vpp
+        chunks = torch.nn.ModuleList()
+        for vp_stage in range(vpp) if vpp > 1 else [None]:
+            chunk = build_gpt_model(
+                self.hf_config,
+                self.params_dtype,
+                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+                vp_stage=vp_stage,
+            )
+            load_hf_weights(chunk, hf_state, self.hf_config)
+            # Micro-batches differ in length: pipeline stages exchange shapes first. Set after
+            # construction: TransformerConfig's check rejects it for its (unused here) MoE dispatcher.
+            chunk.config.variable_seq_lengths = True
+            chunks.append(chunk)
+        return chunks
 
     def _micro_batches(self, batch: TrainBatch) -> list[ModelInputs]:
         rank, size = parallel_state.get_data_parallel_rank(), self.layout.dp
@@ -110,33 +124,53 @@ class MegatronTrainer:
             return packed_micro_batches(batch, self.optim_cfg.max_tokens_per_micro_batch, rank, size, aggs)
         return padded_micro_batches(batch, self.optim_cfg.micro_batch_size, rank, size, aggs)
 
-    def _run(self, model, mbs: list[ModelInputs], loss_func, forward_only: bool) -> list:
-        """megatron's schedule over `mbs`: `loss_func(mb, index, hidden)` on the last stage; its reports."""
+    def _scheduled(self, count: int) -> int:
+        """Micro-batches the schedule runs for `count`: the interleaved one runs groups of `pp`."""
+        pp = self.layout.pp
+        return -(-count // pp) * pp if self.layout.vpp > 1 else count
+
+    def _run(self, chunks: list, mbs: list[ModelInputs], loss_func, forward_only: bool) -> list:
+        """megatron's schedule over `mbs`: `loss_func(mb, index, hidden)` on the last stage; its reports.
+
+        Under virtual stages the list is padded to a multiple of `pp` (megatron's group of micro-batches
+        per virtual stage) with copies of its last micro-batch whose loss counts zero and whose reports
+        are dropped.
+        """
+        count, total = len(mbs), self._scheduled(len(mbs))
+        mbs = mbs + mbs[-1:] * (total - count)
 
         def forward_step(data_iterator, module):
             index, mb = next(data_iterator)
             hidden = gpt_hidden_states(_unwrap(module), mb.input_ids, mb.position_ids, mb.packed_seq_params)
+            if index >= count:
+                return hidden, partial(_zero_loss, partial(loss_func, mb, count - 1))
             return hidden, partial(loss_func, mb, index)
 
-        return get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter(enumerate(mbs)), model=[model],
-            num_microbatches=len(mbs), seq_length=mbs[0].input_ids.shape[1],
+        config = _unwrap(chunks[0]).config
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=[iter(enumerate(mbs)) for _ in chunks], model=list(chunks),
+            num_microbatches=total, seq_length=mbs[0].input_ids.shape[1],
             micro_batch_size=mbs[0].input_ids.shape[0], forward_only=forward_only,
+            p2p_communicator=OrderedShapesP2P(parallel_state.get_pipeline_model_parallel_group(), config),
+            pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
         )
+        return outputs[:count]
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step over the whole batch, accumulated over micro-batches and DP ranks (exact global means)."""
         mbs = self._micro_batches(batch)
         refs = self._reference_logprobs(mbs) if self.reference is not None else None
-        self.ddp.train()
-        self.ddp.zero_grad_buffer()
+        self.model.train()
+        for ddp in self.ddp:
+            ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
         tp_group = parallel_state.get_tensor_model_parallel_group()
-        undo_mean = len(mbs) * self.layout.dp  # megatron averages over micro-batches and DP ranks; shares are global
+        # megatron averages over (scheduled) micro-batches and DP ranks; shares are global
+        undo_mean = self._scheduled(len(mbs)) * self.layout.dp
 
         def loss_func(mb, index, hidden):
             ref = None if refs is None else refs[index]
-            loss, report = micro_batch_loss(hidden, output_weight(_unwrap(self.ddp)), mb, self.loss_cfg, ref, tp_group)
+            loss, report = micro_batch_loss(hidden, output_weight(self.model[-1]), mb, self.loss_cfg, ref, tp_group)
             return loss * undo_mean, {"report": report}
 
         reports = self._run(self.ddp, mbs, loss_func, forward_only=False)
@@ -154,17 +188,17 @@ class MegatronTrainer:
             outputs = self._run(self.reference, mbs, partial(self._logprob_loss, self.reference), forward_only=True)
         return [out["logp"] for out in outputs]
 
-    def _logprob_loss(self, model: GPTModel, mb: ModelInputs, index: int, hidden: Tensor):
+    def _logprob_loss(self, chunks: torch.nn.ModuleList, mb: ModelInputs, index: int, hidden: Tensor):
         group = parallel_state.get_tensor_model_parallel_group()
         logp, _ = fused_token_logprobs(
-            token_hidden(hidden, mb), output_weight(model), mb.targets, temperature=self.loss_cfg.temperature, group=group
+            token_hidden(hidden, mb), output_weight(chunks[-1]), mb.targets, temperature=self.loss_cfg.temperature, group=group
         )
         return hidden.new_zeros(()), {"logp": logp}
 
     @torch.no_grad()
     def logprobs(self, input_ids: Tensor, targets: Tensor) -> Tensor | None:
         """The current policy's log-prob of each target token [B, T] on the last stage (None elsewhere)."""
-        self.ddp.eval()
+        self.model.eval()
         b, t = input_ids.shape
         zeros = torch.zeros(b, t)
         mb = ModelInputs(input_ids, torch.arange(t).expand(b, t), targets, zeros, zeros, zeros, zeros, torch.zeros(b), None, 0.0, 0.0)
@@ -192,13 +226,13 @@ class MegatronTrainer:
         self.version = load_trainer_state(path.with_suffix(""), self.model, self.optimizer)
 
 
-def _offload(model: GPTModel) -> GPTModel:
+def _offload(model: torch.nn.Module) -> torch.nn.Module:
     """The model moved to host memory when it lives on CUDA (a no-op on the host)."""
     return model if on_host() else model.cpu()
 
 
 @contextmanager
-def _on_gpu(model: GPTModel) -> Iterator[None]:
+def _on_gpu(model: torch.nn.Module) -> Iterator[None]:
     """Within: an offloaded model is on the current CUDA device; back in host memory after."""
     if on_host():
         yield
@@ -212,6 +246,12 @@ def _on_gpu(model: GPTModel) -> Iterator[None]:
 
 def _unwrap(module) -> GPTModel:
     return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def _zero_loss(loss_func, hidden: Tensor):
+    """`loss_func`'s loss times zero (a padding micro-batch: in the graph, out of the gradient)."""
+    loss, report = loss_func(hidden)
+    return loss * 0, report
 
 
 def _merge(reports: list[LossReport]) -> dict[str, float]:

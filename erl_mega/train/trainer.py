@@ -24,6 +24,7 @@ class TrainerConfig:
     bucket_mb: int = 64  # weight-sync bucket bound
     tp: int = 1  # tensor-parallel size; data-parallel size = world / (tp * pp)
     pp: int = 1  # pipeline-parallel size (1F1B)
+    vpp: int = 1  # virtual stages (model chunks) per pipeline rank: interleaved 1F1B when > 1
     packing: bool = False  # pack sequences (THD) instead of padding rows
     max_tokens_per_micro_batch: int = 4096  # packed micro-batch bound (packing only)
 
@@ -36,7 +37,7 @@ class TrainerConfig:
             raise ValueError(f"trainer.micro_batch_size={self.micro_batch_size}; must be >= 1")
         if self.grad_clip <= 0:
             raise ValueError(f"trainer.grad_clip={self.grad_clip}; must be > 0")
-        for name in ("tp", "pp", "max_tokens_per_micro_batch"):
+        for name in ("tp", "pp", "vpp", "max_tokens_per_micro_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}; must be >= 1")
         if self.bucket_mb < 1:

@@ -17,17 +17,20 @@ def one_step(trainer: MegatronTrainer) -> dict:
     """Log-probs and full logits before, metrics of one step, and every HF weight after it."""
     batch = make_batch()
     logp = trainer.logprobs(batch.input_ids, batch.targets)
-    logits = gpt_logits(trainer.model, batch.input_ids) if trainer.layout.pp == 1 else None
+    logits = gpt_logits(trainer.model[0], batch.input_ids) if trainer.layout.pp == 1 else None
     metrics = trainer.step(batch)
     return {"logp": logp, "logits": logits, "metrics": metrics, "hf": trainer.hf_state()}
 
 
-def layouts(rank: int, hf_path: Path, out: Path, tp_pp: list[tuple[int, int]]) -> None:
-    """One step under each (tp, pp) in turn, in one process group; the last stage's TP/DP rank 0 writes."""
-    for tp, pp in tp_pp:
-        result = one_step(MegatronTrainer(hf_path, trainer_config(tp, pp), LOSS))
+def layouts(rank: int, out: Path, cases: list[tuple[str, Path, int, int, int]]) -> None:
+    """One step per case (name, checkpoint, tp, pp, vpp) in turn, in one process group; `<out>/<name>.pt`.
+
+    The last stage's TP/DP rank 0 writes.
+    """
+    for name, hf_path, tp, pp, vpp in cases:
+        result = one_step(MegatronTrainer(hf_path, trainer_config(tp, pp, vpp=vpp), LOSS))
         if is_reporting_rank():
-            torch.save(result, out / f"tp{tp}_pp{pp}.pt")
+            torch.save(result, out / f"{name}.pt")
         reset_parallel()
 
 
@@ -61,23 +64,22 @@ def is_reporting_rank() -> bool:
     )
 
 
-def save_midway(rank: int, hf_path: Path, out: Path, tp_pp: list[tuple[int, int]]) -> None:
-    """Per layout: a step, a checkpoint `<out>/tp<t>_pp<p>/trainer`, then the uninterrupted run's second step.
+def save_midway(rank: int, hf_path: Path, out: Path, layouts: dict[str, tuple[int, int, int]]) -> None:
+    """Per named (tp, pp, vpp): a step, a checkpoint `<out>/<name>/trainer`, then the uninterrupted run's second step.
 
     Last, DP=2 resumes the first layout's checkpoint and takes that second step (`<out>/dp2_resumed.pt`).
     """
-    for tp, pp in tp_pp:
-        trainer = MegatronTrainer(hf_path, trainer_config(tp, pp), LOSS)
+    for name, (tp, pp, vpp) in layouts.items():
+        trainer = MegatronTrainer(hf_path, trainer_config(tp, pp, vpp=vpp), LOSS)
         trainer.step(make_batch())
-        trainer.save(out / f"tp{tp}_pp{pp}" / "trainer.pt")
+        trainer.save(out / name / "trainer.pt")
         trainer.step(make_batch(seed=1))
         hf = trainer.hf_state()
         if is_reporting_rank():
-            torch.save(hf, out / f"tp{tp}_pp{pp}.pt")
+            torch.save(hf, out / f"{name}.pt")
         reset_parallel()
-    tp, pp = tp_pp[0]
     trainer = MegatronTrainer(hf_path, trainer_config(), LOSS)
-    trainer.load(out / f"tp{tp}_pp{pp}" / "trainer.pt")
+    trainer.load(out / next(iter(layouts)) / "trainer.pt")
     trainer.step(make_batch(seed=1))
     hf = trainer.hf_state()
     if rank == 0:
