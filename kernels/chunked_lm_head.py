@@ -136,3 +136,13 @@ def lm_head_pass(
         grad_hidden=grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
         grad_weight=grad_weight.to(weight.dtype) if grad_weight is not None else None,
     )
+
+
+def scaled_saved_grads(ctx, grad_loss: Tensor, num_inputs: int) -> tuple[Tensor | None, ...]:
+    """Backward of a loss whose d(hidden), d(weight) were formed in the forward and saved on `ctx`.
+
+    Scales them in place (one backward per forward) and returns None for the other inputs.
+    """
+    grad_hidden, grad_weight = ctx.saved_tensors
+    scaled = tuple(g.mul_(grad_loss) if g is not None else None for g in (grad_hidden, grad_weight))
+    return scaled + (None,) * (num_inputs - 2)

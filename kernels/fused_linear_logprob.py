@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from erl_mega.algo.losses import PolicyLossConfig
-from kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, CoefFn, lm_head_pass
+from kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, CoefFn, lm_head_pass, scaled_saved_grads
 from kernels.results import PolicyLossOutput
 from kernels.token_layout import aggregation_weights, flatten_tokens
 
@@ -170,18 +170,7 @@ class _PolicyLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
-        grad_hidden, grad_weight = ctx.saved_tensors  # consumed in place: one backward per forward
-        return (
-            grad_hidden.mul_(grad_loss) if grad_hidden is not None else None,
-            grad_weight.mul_(grad_loss) if grad_weight is not None else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return scaled_saved_grads(ctx, grad_loss, 9)
 
 
 def _token_mean(values: Tensor, mask: Tensor) -> Tensor:

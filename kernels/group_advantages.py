@@ -22,6 +22,16 @@ MODES = {"grpo": True, "drgrpo": False}  # mode -> divide by the group std
 
 
 @triton.jit
+def _same_group_tile(rewards_ptr, ids_ptr, id_i, j0, n, BJ: tl.constexpr):
+    """Column tile j0..j0+BJ: its rewards (fp64) and which of them share row i's group [BI, BJ]."""
+    offs_j = j0 + tl.arange(0, BJ)
+    valid_j = offs_j < n
+    r_j = tl.load(rewards_ptr + offs_j, mask=valid_j, other=0.0).to(tl.float64)
+    id_j = tl.load(ids_ptr + offs_j, mask=valid_j, other=0)
+    return r_j, (id_i[:, None] == id_j[None, :]) & valid_j[None, :]
+
+
+@triton.jit
 def _group_advantages_kernel(
     rewards_ptr, ids_ptr, out_ptr, n, eps, NORMALISE: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr
 ):
@@ -33,11 +43,7 @@ def _group_advantages_kernel(
     count = tl.full([BI], 0.0, tl.float64)
     total = tl.full([BI], 0.0, tl.float64)
     for j0 in range(0, n, BJ):
-        offs_j = j0 + tl.arange(0, BJ)
-        valid_j = offs_j < n
-        r_j = tl.load(rewards_ptr + offs_j, mask=valid_j, other=0.0).to(tl.float64)
-        id_j = tl.load(ids_ptr + offs_j, mask=valid_j, other=0)
-        same = (id_i[:, None] == id_j[None, :]) & valid_j[None, :]
+        r_j, same = _same_group_tile(rewards_ptr, ids_ptr, id_i, j0, n, BJ)
         count += tile_sum(tl.where(same, 1.0, 0.0), 1)
         total += tile_sum(tl.where(same, r_j[None, :], 0.0), 1)
     single = count == 1.0
@@ -46,11 +52,7 @@ def _group_advantages_kernel(
     if NORMALISE:
         sq = tl.full([BI], 0.0, tl.float64)
         for j0 in range(0, n, BJ):
-            offs_j = j0 + tl.arange(0, BJ)
-            valid_j = offs_j < n
-            r_j = tl.load(rewards_ptr + offs_j, mask=valid_j, other=0.0).to(tl.float64)
-            id_j = tl.load(ids_ptr + offs_j, mask=valid_j, other=0)
-            same = (id_i[:, None] == id_j[None, :]) & valid_j[None, :]
+            r_j, same = _same_group_tile(rewards_ptr, ids_ptr, id_i, j0, n, BJ)
             diff = r_j[None, :] - mean[:, None]  # same group, so the same mean
             sq += tile_sum(tl.where(same, diff * diff, 0.0), 1)
         std = tl.where(single, 1.0, tl.sqrt(sq / tl.maximum(count - 1.0, 1.0)))  # unbiased, as the reference

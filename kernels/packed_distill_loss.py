@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, lm_head_pass
+from kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, lm_head_pass, scaled_saved_grads
 from kernels.token_layout import aggregation_weights, check_cu_seqlens, sequence_ids
 
 
@@ -34,16 +34,7 @@ class _DistillLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors  # consumed in place: one backward per forward
-        return (
-            grad_hidden.mul_(grad_loss) if grad_hidden is not None else None,
-            grad_weight.mul_(grad_loss) if grad_weight is not None else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return scaled_saved_grads(ctx, grad_loss, 7)
 
 
 def packed_distill_loss_triton(
