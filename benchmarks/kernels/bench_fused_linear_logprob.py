@@ -18,11 +18,12 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.kernels.harness import (
+    SIDE_BY_SIDE_HEADER,
     Measurement,
     append_results,
     bf16_gemm_tflops,
     markdown_table,
-    measure,
+    measure_all,
     require_cuda,
     side_by_side,
 )
@@ -142,26 +143,18 @@ def main() -> None:
     for tokens in args.tokens:
         batch = _batch(tokens)
         floor_ms = 6 * tokens * WIDTH * VOCAB / (tflops * 1e12) * 1e3
-        by_method = {}
-        for name, step in _methods(batch, cfg, compiled).items():
-            leaves = [batch["hidden"], batch["weight"]]
-            by_method[name] = (
-                Measurement(name, None, None, step)
-                if isinstance(step, str)
-                else measure(name, step, leaves, args.iters, args.warmup)
-            )
+        by_method = measure_all(_methods(batch, cfg, compiled), [batch["hidden"], batch["weight"]], args.iters, args.warmup)
         table, recs = side_by_side(tokens, list(by_method.values()), by_method["erl-mega triton"], floor_ms)
         rows += table
         records += recs
         verdicts += _verdicts(tokens, by_method, floor_ms)
         del batch
         torch.cuda.empty_cache()
-    header = ["N", "method", "fwd+bwd ms", "x floor", "ours faster by", "peak GiB", "ours/its memory", "note"]
     body = "\n".join(
         [
             f"H={WIDTH}, V={VOCAB}, bf16; floor 6·N·H·V at {tflops:.0f} TFLOP/s (bf16 GEMM, measured in this run).",
             "",
-            markdown_table(header, rows),
+            markdown_table(SIDE_BY_SIDE_HEADER, rows),
             "",
             *[f"- {line}" for line in verdicts],
             "",

@@ -19,11 +19,11 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.kernels.harness import (
-    Measurement,
+    SIDE_BY_SIDE_HEADER,
     append_results,
     bf16_gemm_tflops,
     markdown_table,
-    measure,
+    measure_all,
     require_cuda,
     side_by_side,
 )
@@ -85,24 +85,17 @@ def main() -> None:
     for tokens in args.tokens:
         batch = _batch(tokens)
         floor_ms = 6 * tokens * WIDTH * VOCAB / (tflops * 1e12) * 1e3
-        leaves = [batch["hidden"], batch["weight"]]
-        results = [
-            Measurement(name, None, None, step)
-            if isinstance(step, str)
-            else measure(name, step, leaves, args.iters, args.warmup)
-            for name, step in _methods(batch, compiled).items()
-        ]
+        results = list(measure_all(_methods(batch, compiled), [batch["hidden"], batch["weight"]], args.iters, args.warmup).values())
         table, recs = side_by_side(tokens, results, results[0], floor_ms)
         rows += table
         records += recs
         del batch
         torch.cuda.empty_cache()
-    header = ["N", "method", "fwd+bwd ms", "x floor", "ours faster by", "peak GiB", "ours/its memory", "note"]
     body = "\n".join(
         [
             f"H={WIDTH}, V={VOCAB}, bf16; floor 6·N·H·V at {tflops:.0f} TFLOP/s (bf16 GEMM, measured in this run).",
             "",
-            markdown_table(header, rows),
+            markdown_table(SIDE_BY_SIDE_HEADER, rows),
         ]
     )
     print(body)

@@ -135,3 +135,16 @@ def side_by_side(tokens: int, results: list[Measurement], ours: Measurement, flo
         records.append({"tokens": tokens, "method": m.method, "ms": m.ms, "x_floor": x_floor,
                         "peak_gib": m.peak_gib, "note": m.note})
     return rows, records
+
+
+SIDE_BY_SIDE_HEADER = ["N", "method", "fwd+bwd ms", "x floor", "ours faster by", "peak GiB", "ours/its memory", "note"]
+
+
+def measure_all(
+    methods: dict[str, Callable[[], torch.Tensor | None] | str], leaves: list[torch.Tensor], iters: int, warmup: int
+) -> dict[str, Measurement]:
+    """Measure every method; a string instead of a step is why that method could not run."""
+    return {
+        name: Measurement(name, None, None, step) if isinstance(step, str) else measure(name, step, leaves, iters, warmup)
+        for name, step in methods.items()
+    }

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from erl_mega.algo.erl import ErlConfig
-from erl_mega.algo.losses import PolicyLossConfig
 from erl_mega.train.trainer import TrainerConfig
 
 
