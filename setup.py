@@ -1,4 +1,4 @@
-"""Build: the Python packages, the hydra configs (shipped as `erl_mega.configs`) and the C++ extension."""
+"""Build: the Python packages, the hydra configs (`erl_mega.configs`), the kernels (`erl_mega.kernels`) and the C++ extension."""
 
 from glob import glob
 
@@ -15,8 +15,10 @@ native = Pybind11Extension(
 )
 
 setup(
-    packages=find_packages(include=["erl_mega", "erl_mega.*", "kernels", "kernels.*"]) + ["erl_mega.configs"],
-    package_dir={"erl_mega.configs": "configs"},
+    packages=find_packages(include=["erl_mega", "erl_mega.*"]) + ["erl_mega.configs", "erl_mega.kernels"],
+    # kernels/ and configs/ sit at the top level of the repo and install under erl_mega (the PyPI package
+    # `kernels`, which sglang requires, owns the top-level name).
+    package_dir={"erl_mega.configs": "configs", "erl_mega.kernels": "kernels"},
     package_data={"erl_mega.configs": ["*.yaml", "*/*.yaml"]},
     ext_modules=[native] if native.sources else [],
     cmdclass={"build_ext": build_ext},

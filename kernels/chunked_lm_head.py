@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kernels.online_softmax import logits_grad_, row_stats
+from erl_mega.kernels.online_softmax import logits_grad_, row_stats
 
 # d(loss)/d(logp) [C] and d(loss)/d(entropy) [C] (None: the loss has no entropy term) for tokens
 # start:end, given their log-probs [C] and entropies [C].

@@ -8,14 +8,14 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import Tensor
 
-from erl_mega.algo.advantages import group_advantages as group_advantages_reference
-from erl_mega.algo.losses import PolicyLossConfig
-from kernels.reference import (
+from erl_mega.kernels.advantages import group_advantages as group_advantages_reference
+from erl_mega.kernels.losses import PolicyLossConfig
+from erl_mega.kernels.reference import (
     fused_policy_loss_reference,
     fused_token_logprobs_reference,
     packed_distill_loss_reference,
 )
-from kernels.results import PolicyLossOutput
+from erl_mega.kernels.results import PolicyLossOutput
 
 
 def fused_policy_loss(
@@ -33,7 +33,7 @@ def fused_policy_loss(
     temperature: float = 1.0,
     group: dist.ProcessGroup | None = None,
 ) -> PolicyLossOutput:
-    """PPO-clip policy loss of `erl_mega.algo.losses.policy_loss` straight from the lm-head input.
+    """PPO-clip policy loss of `erl_mega.kernels.losses.policy_loss` straight from the lm-head input.
 
     hidden [B, T, H] padded (each row one sequence; cu_seqlens None) or [N, H] packed with
     cu_seqlens [S + 1]; weight [V, H], or this rank's vocab shard [V / tp, H] with `group` (then the
@@ -43,7 +43,7 @@ def fused_policy_loss(
     positions too.
     """
     if hidden.is_cuda:
-        from kernels.fused_linear_logprob import fused_policy_loss_triton as impl
+        from erl_mega.kernels.fused_linear_logprob import fused_policy_loss_triton as impl
     else:
         impl = fused_policy_loss_reference
     return impl(
@@ -62,7 +62,7 @@ def fused_token_logprobs(
 ) -> tuple[Tensor, Tensor]:
     """Per-token log-prob and entropy (no gradient), each shaped like targets, from hidden [..., H]."""
     if hidden.is_cuda:
-        from kernels.fused_linear_logprob import fused_token_logprobs_triton
+        from erl_mega.kernels.fused_linear_logprob import fused_token_logprobs_triton
 
         return fused_token_logprobs_triton(hidden, weight, targets, temperature=temperature, group=group)
     return fused_token_logprobs_reference(hidden, weight, targets, temperature=temperature, group=group)
@@ -81,7 +81,7 @@ def packed_distill_loss(
 ) -> Tensor:
     """Weighted distillation CE of packed sequences: hidden [N, H], cu_seqlens [S + 1], seq_weights [S]."""
     if hidden.is_cuda:
-        from kernels.packed_distill_loss import packed_distill_loss_triton as impl
+        from erl_mega.kernels.packed_distill_loss import packed_distill_loss_triton as impl
     else:
         impl = packed_distill_loss_reference
     return impl(hidden, weight, targets, mask, cu_seqlens, seq_weights, aggregation, group=group)
@@ -90,7 +90,7 @@ def packed_distill_loss(
 def group_advantages(rewards: Tensor, group_ids: Tensor, mode: str = "grpo") -> Tensor:
     """Group-normalised advantages [N] from rewards [N] and integer group ids [N] ("grpo" or "drgrpo")."""
     if rewards.is_cuda:
-        from kernels.group_advantages import group_advantages_triton
+        from erl_mega.kernels.group_advantages import group_advantages_triton
 
         return group_advantages_triton(rewards, group_ids, mode)
     return group_advantages_reference(rewards, group_ids, mode)

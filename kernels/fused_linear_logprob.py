@@ -1,9 +1,9 @@
 """Fused lm-head log-prob / entropy + PPO-clip policy loss (Triton), without [N, V] logits.
 
-Same math as `erl_mega.algo.losses.policy_loss` on `token_logprobs` / `token_entropy` of
+Same math as `erl_mega.kernels.losses.policy_loss` on `token_logprobs` / `token_entropy` of
 hidden @ weight.T: clip-low/high, dual-clip, KL k1/k3/low_var_kl, entropy bonus, truncated importance
 weights and the three aggregations. The per-token loss and its derivative are one Triton kernel;
-the vocab-wide work is `kernels.chunked_lm_head`.
+the vocab-wide work is `erl_mega.kernels.chunked_lm_head`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from erl_mega.algo.losses import PolicyLossConfig
-from kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, CoefFn, lm_head_pass, scaled_saved_grads
-from kernels.results import PolicyLossOutput
-from kernels.token_layout import aggregation_weights, flatten_tokens
+from erl_mega.kernels.losses import PolicyLossConfig
+from erl_mega.kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, CoefFn, lm_head_pass, scaled_saved_grads
+from erl_mega.kernels.results import PolicyLossOutput
+from erl_mega.kernels.token_layout import aggregation_weights, flatten_tokens
 
 KL_KINDS = {"k1": 1, "k3": 2, "low_var_kl": 3}  # 0: no KL term (kl_coef == 0)
 BLOCK_TOKENS = 1024

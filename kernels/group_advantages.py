@@ -3,7 +3,7 @@
 Each program takes a block of samples and sweeps all samples to find its group's count, mean and
 centred sum of squares by id equality: O(N²) compares, no sort, no host sync, any integer ids (a
 per-role split is a different id). N is the number of trajectories (thousands), so the sweep is
-microseconds; `erl_mega.algo.advantages.group_advantages` is the reference.
+microseconds; `erl_mega.kernels.advantages.group_advantages` is the reference.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from erl_mega.algo.advantages import EPS
-from kernels.tile_reductions import tile_sum
+from erl_mega.kernels.advantages import EPS
+from erl_mega.kernels.tile_reductions import tile_sum
 
 BLOCK_I = 32
 BLOCK_J = 64

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.tile_reductions import tile_max, tile_sum
+from erl_mega.kernels.tile_reductions import tile_max, tile_sum
 
 # [4, 1024] fp32 tiles with 8 warps: 16 values per thread and a few hundred programs per 2048-row
 # chunk. One fixed config, no autotune: the gradient kernel may write over its input (fp32), so

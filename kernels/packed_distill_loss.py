@@ -1,7 +1,7 @@
 """Packed-sequence distillation loss (Triton): weighted cross-entropy from hidden × lm-head, no [N, V] logits.
 
-Same value as `erl_mega.algo.losses.distill_loss` on the padded form of the packed sequences; the
-vocab-wide work is `kernels.chunked_lm_head`, and d(loss)/d(logp) of each token is known up front.
+Same value as `erl_mega.kernels.losses.distill_loss` on the padded form of the packed sequences; the
+vocab-wide work is `erl_mega.kernels.chunked_lm_head`, and d(loss)/d(logp) of each token is known up front.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, lm_head_pass, scaled_saved_grads
-from kernels.token_layout import aggregation_weights, check_cu_seqlens, sequence_ids
+from erl_mega.kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, lm_head_pass, scaled_saved_grads
+from erl_mega.kernels.token_layout import aggregation_weights, check_cu_seqlens, sequence_ids
 
 
 class _DistillLossFunction(torch.autograd.Function):

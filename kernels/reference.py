@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from erl_mega.algo.losses import PolicyLossConfig, distill_loss, policy_loss, token_entropy, token_logprobs
-from kernels.results import PolicyLossOutput
-from kernels.token_layout import check_cu_seqlens, flatten_tokens, unpack_to_padded
+from erl_mega.kernels.losses import PolicyLossConfig, distill_loss, policy_loss, token_entropy, token_logprobs
+from erl_mega.kernels.results import PolicyLossOutput
+from erl_mega.kernels.token_layout import check_cu_seqlens, flatten_tokens, unpack_to_padded
 
 
 class _GatherVocab(torch.autograd.Function):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from erl_mega.algo.losses import AGGREGATIONS
+from erl_mega.kernels.losses import AGGREGATIONS
 
 
 def padded_cu_seqlens(batch: int, seq_len: int, device: torch.device) -> Tensor:
@@ -29,7 +29,7 @@ def aggregation_weights(mask: Tensor, cu_seqlens: Tensor, aggregation: str) -> T
     """Per-token weight w [N] such that `aggregate(values, mask, aggregation) == (w * values).sum()`.
 
     mask [N] float over packed tokens, cu_seqlens [S + 1]; a sequence whose mask sums to zero does
-    not count, exactly as `erl_mega.algo.losses.aggregate` drops empty rows.
+    not count, exactly as `erl_mega.kernels.losses.aggregate` drops empty rows.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"loss aggregation {aggregation!r}; choose one of {sorted(AGGREGATIONS)}")

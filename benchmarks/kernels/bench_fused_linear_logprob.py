@@ -1,7 +1,7 @@
 """python -m benchmarks.kernels.bench_fused_linear_logprob
 
 Forward + backward of the policy loss straight from the lm-head input (H = 4096, V = 151936, bf16,
-N = 4096 / 16384 / 32768 tokens in 1024-token rows): `kernels.fused_policy_loss` (Triton on CUDA)
+N = 4096 / 16384 / 32768 tokens in 1024-token rows): `erl_mega.kernels.fused_policy_loss` (Triton on CUDA)
 side by side with the PyTorch reference the tests hold it to (eager, and under torch.compile) and
 Liger-Kernel's fused linear GRPO and cross-entropy losses (optional: `pip install liger-kernel`).
 Median of --iters CUDA-event timings, peak memory above the inputs, and time as a multiple of the
@@ -27,9 +27,9 @@ from benchmarks.kernels.harness import (
     require_cuda,
     side_by_side,
 )
-from erl_mega.algo.losses import PolicyLossConfig
-from kernels.dispatch import fused_policy_loss, fused_token_logprobs
-from kernels.reference import fused_policy_loss_reference
+from erl_mega.kernels.losses import PolicyLossConfig
+from erl_mega.kernels.dispatch import fused_policy_loss, fused_token_logprobs
+from erl_mega.kernels.reference import fused_policy_loss_reference
 
 COMMAND = "python -m benchmarks.kernels.bench_fused_linear_logprob"
 DEVICE = torch.device("cuda")

@@ -1,8 +1,8 @@
 """python -m benchmarks.kernels.bench_group_advantages
 
 Group-normalised advantages (GRPO mode) for N = 4096 / 16384 / 65536 samples in groups of 16 under
-shuffled ids: `kernels.group_advantages` (one Triton launch, an O(N²) id-equality sweep) side by
-side with the PyTorch reference `erl_mega.algo.advantages.group_advantages` (unique + index_add and
+shuffled ids: `erl_mega.kernels.group_advantages` (one Triton launch, an O(N²) id-equality sweep) side by
+side with the PyTorch reference `erl_mega.kernels.advantages.group_advantages` (unique + index_add and
 a host sync). Median of --iters CUDA-event timings. Prints a table and, last, a line of JSON; appends
 the table to benchmarks/RESULTS.md. Run from the repository root; needs CUDA.
 """
@@ -15,8 +15,8 @@ import json
 import torch
 
 from benchmarks.kernels.harness import Measurement, append_results, fmt, markdown_table, measure, require_cuda
-from erl_mega.algo.advantages import group_advantages as group_advantages_reference
-from kernels.dispatch import group_advantages
+from erl_mega.kernels.advantages import group_advantages as group_advantages_reference
+from erl_mega.kernels.dispatch import group_advantages
 
 COMMAND = "python -m benchmarks.kernels.bench_group_advantages"
 DEVICE = torch.device("cuda")

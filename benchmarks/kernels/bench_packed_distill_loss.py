@@ -2,7 +2,7 @@
 
 Forward + backward of the weighted distillation cross-entropy over packed sequences (H = 4096,
 V = 151936, bf16, N = 4096 / 16384 / 32768 tokens in ragged sequences of 256..1792 tokens):
-`kernels.packed_distill_loss` (Triton on CUDA) side by side with the PyTorch reference the tests
+`erl_mega.kernels.packed_distill_loss` (Triton on CUDA) side by side with the PyTorch reference the tests
 hold it to (eager, and under torch.compile) and Liger-Kernel's fused linear cross-entropy
 (optional: `pip install liger-kernel`; unweighted, over the same tokens). Median of --iters
 CUDA-event timings, peak memory above the inputs, and time as a multiple of the 6·N·H·V floor at
@@ -27,8 +27,8 @@ from benchmarks.kernels.harness import (
     require_cuda,
     side_by_side,
 )
-from kernels.dispatch import packed_distill_loss
-from kernels.reference import packed_distill_loss_reference
+from erl_mega.kernels.dispatch import packed_distill_loss
+from erl_mega.kernels.reference import packed_distill_loss_reference
 
 COMMAND = "python -m benchmarks.kernels.bench_packed_distill_loss"
 DEVICE = torch.device("cuda")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.train.batch import TrainBatch
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.train.trainer import TrainerConfig
@@ -60,7 +60,7 @@ def random_batch(rows: int, max_len: int, vocab: int, seed: int = 0) -> TrainBat
     return TrainBatch(
         input_ids=ids[:, :-1], targets=ids[:, 1:], loss_mask=on, advantages=torch.randn(rows, 1).expand(rows, max_len) * on,
         rollout_logprobs=-on, distill_weight=torch.zeros(rows), is_distill=torch.zeros(rows, dtype=torch.bool),
-        versions=(0,) * rows, lengths=lengths,
+        versions=(0,) * rows, temperatures=torch.ones(rows), lengths=lengths,
     )
 
 

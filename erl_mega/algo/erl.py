@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.algo.memory import ReflectionMemory
 from erl_mega.algo.prompts import parse_reflection, reflection_request, REFLECTION_SYSTEM, with_action_format
 from erl_mega.envs.base import Env

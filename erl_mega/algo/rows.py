@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from erl_mega.algo.advantages import group_advantages
+from erl_mega.kernels.advantages import group_advantages
 from erl_mega.algo.erl import Episodes
 from erl_mega.rollout.trajectory import Segment, Trajectory
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.config.schema import EnvConfig, ModelConfig
 from erl_mega.envs.base import make_env
 from erl_mega.model.demos import corpus, demonstrations

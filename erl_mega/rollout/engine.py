@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
-import torch
-
-NamedTensors = list[tuple[str, torch.Tensor]]  # one bucket: HF parameter names and full tensors
+from erl_mega.weights.buckets import NamedTensors
 
 
 @dataclass(frozen=True)

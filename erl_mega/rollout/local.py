@@ -8,7 +8,8 @@ import torch
 import transformers
 from transformers import DynamicCache
 
-from erl_mega.rollout.engine import Completion, GenerationRequest, NamedTensors
+from erl_mega.rollout.engine import Completion, GenerationRequest
+from erl_mega.weights.buckets import NamedTensors
 
 # Requests without a seed draw from a counter that starts here, so they never replay a caller's small seed.
 _UNSEEDED_BASE = 1 << 63

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -42,6 +43,7 @@ class Trajectory:
     reward: float
     weight_version: int
     meta: dict = field(default_factory=dict, compare=False)
+    temperature: float = 1.0  # the sampling temperature of its sampled tokens: the trainer scores them at it
 
     @property
     def feedback(self) -> str:
@@ -61,4 +63,4 @@ class Trajectory:
         """The same episode re-paired with another system message (context distillation)."""
         if system.sampled:
             raise ValueError("a system segment is never sampled")
-        return Trajectory((system,) + self.segments[1:], self.turns, self.reward, self.weight_version, dict(self.meta))
+        return dataclasses.replace(self, segments=(system,) + self.segments[1:], meta=dict(self.meta))

@@ -22,6 +22,7 @@ class TrainBatch:
     distill_weight: Tensor  # [B] float: > 0 only on distillation rows
     is_distill: Tensor  # [B] bool
     versions: tuple[int, ...]  # weight version that sampled each row
+    temperatures: Tensor  # [B] float: the temperature each row's sampled tokens were drawn at
     lengths: Tensor  # [B] long: positions of each row before its padding
 
     @property
@@ -54,5 +55,6 @@ def collate(rows: list[TrainRow], pad_id: int) -> TrainBatch:
         distill_weight=torch.tensor([r.weight if r.kind == "distill" else 0.0 for r in rows]),
         is_distill=torch.tensor([r.kind == "distill" for r in rows]),
         versions=tuple(r.trajectory.weight_version for r in rows),
+        temperatures=torch.tensor([r.trajectory.temperature for r in rows], dtype=torch.float32),
         lengths=torch.tensor([len(r.trajectory.token_ids()) - 1 for r in rows]),
     )

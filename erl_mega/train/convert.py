@@ -14,7 +14,7 @@ from megatron.core.models.gpt import GPTModel
 from torch import Tensor
 from transformers import PreTrainedConfig
 
-from erl_mega.rollout.engine import NamedTensors
+from erl_mega.weights.buckets import NamedTensors
 from erl_mega.train.megatron_model import HFArch, hf_arch
 from erl_mega.train.shard import full_tensor, local_state
 

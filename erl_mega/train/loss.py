@@ -1,4 +1,4 @@
-"""The ERL loss of one micro-batch from the lm-head input, through `kernels.dispatch` (Triton on CUDA).
+"""The ERL loss of one micro-batch from the lm-head input, through `erl_mega.kernels.dispatch` (Triton on CUDA).
 
 The last pipeline stage hands over hidden states and its vocab shard of the output weight; the
 kernels compute vocab-parallel log-probs across the TP group chunk by chunk, so [tokens, vocab]
@@ -13,14 +13,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.train.micro_batches import ModelInputs
-from kernels.dispatch import (
+from erl_mega.kernels.dispatch import (
     fused_policy_loss,
     fused_token_logprobs,
     packed_distill_loss,
 )
-from kernels.token_layout import padded_cu_seqlens
+from erl_mega.kernels.token_layout import padded_cu_seqlens
 
 
 @dataclass(frozen=True)

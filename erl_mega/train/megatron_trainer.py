@@ -29,7 +29,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from torch import Tensor
 
 from erl_mega.model.hf_io import load_hf_config, load_hf_state
-from erl_mega.rollout.engine import NamedTensors
+from erl_mega.weights.buckets import NamedTensors
 from erl_mega.train.batch import TrainBatch
 from erl_mega.train.convert import iter_hf_buckets, load_hf_weights
 from erl_mega.train.cpu_compat import on_host
@@ -53,7 +53,7 @@ from erl_mega.train.micro_batches import (
 )
 from erl_mega.train.pipeline_p2p import OrderedShapesP2P
 from erl_mega.train.trainer import TrainerConfig
-from kernels.dispatch import fused_token_logprobs
+from erl_mega.kernels.dispatch import fused_token_logprobs
 
 __all__ = ["LossConfig", "MegatronTrainer"]
 

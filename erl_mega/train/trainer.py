@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from erl_mega.rollout.engine import NamedTensors
+from erl_mega.weights.buckets import NamedTensors
 from erl_mega.train.batch import TrainBatch
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.train.batch import TrainBatch
 from erl_mega.train.megatron_trainer import LossConfig
 from erl_mega.train.trainer import TrainerConfig
@@ -51,6 +51,7 @@ def make_batch(rows: int = 8, width: int = 12, vocab: int = 256, seed: int = 0) 
         distill_weight=torch.where(is_distill, 0.5 + torch.rand(rows, generator=g), 0.0),
         is_distill=is_distill,
         versions=(0,) * rows,
+        temperatures=torch.ones(rows),
         lengths=lengths,
     )
 

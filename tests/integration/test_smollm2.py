@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.algo.prompts import INITIAL_PROMPT, REFLECTION_SYSTEM, with_action_format
 from erl_mega.cli import load_config
 from erl_mega.envs.frozenlake import ACTION_FORMAT, FrozenLake

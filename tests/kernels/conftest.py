@@ -38,7 +38,7 @@ def device() -> torch.device:
 @pytest.fixture
 def small_vocab_blocks(monkeypatch: pytest.MonkeyPatch) -> int:
     """Shrink the vocab block so small test vocabularies span several blocks with a ragged tail."""
-    import kernels.online_softmax as online_softmax
+    import erl_mega.kernels.online_softmax as online_softmax
 
     monkeypatch.setattr(online_softmax, "BLOCK_V", 64)
     return 64

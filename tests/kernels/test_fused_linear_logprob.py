@@ -1,4 +1,4 @@
-"""Fused lm-head log-prob + policy loss (Triton) against the fp64 PyTorch reference (erl_mega.algo.losses)."""
+"""Fused lm-head log-prob + policy loss (Triton) against the fp64 PyTorch reference (erl_mega.kernels.losses)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from erl_mega.algo.losses import PolicyLossConfig
-from kernels.dispatch import fused_policy_loss, fused_token_logprobs
-from kernels.fused_linear_logprob import fused_policy_loss_triton, fused_token_logprobs_triton
-from kernels.reference import fused_policy_loss_reference, fused_token_logprobs_reference
+from erl_mega.kernels.losses import PolicyLossConfig
+from erl_mega.kernels.dispatch import fused_policy_loss, fused_token_logprobs
+from erl_mega.kernels.fused_linear_logprob import fused_policy_loss_triton, fused_token_logprobs_triton
+from erl_mega.kernels.reference import fused_policy_loss_reference, fused_token_logprobs_reference
 
 # Forward values come from fp32 logits for either input dtype; 16-bit inputs get a 16-bit d(logits)
 # (truncated, not rounded, under the interpreter) and 16-bit gradients, hence the looser gradient bound.
@@ -180,7 +180,7 @@ def test_token_logprobs_forward_only(device, small_vocab_blocks):
 
 
 def test_no_grad_pass_returns_the_same_loss_without_gradient_work(device, monkeypatch):
-    import kernels.fused_linear_logprob as module
+    import erl_mega.kernels.fused_linear_logprob as module
 
     asked = []
     real_pass = module.lm_head_pass

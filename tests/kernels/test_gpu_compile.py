@@ -21,9 +21,9 @@ def _compile_all() -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.fused_linear_logprob import KL_KINDS, _policy_token_kernel
-    from kernels.group_advantages import BLOCK_I, BLOCK_J, _group_advantages_kernel
-    from kernels.online_softmax import BLOCK_V, NUM_WARPS, ROWS, _logits_grad_kernel, _row_stats_kernel
+    from erl_mega.kernels.fused_linear_logprob import KL_KINDS, _policy_token_kernel
+    from erl_mega.kernels.group_advantages import BLOCK_I, BLOCK_J, _group_advantages_kernel
+    from erl_mega.kernels.online_softmax import BLOCK_V, NUM_WARPS, ROWS, _logits_grad_kernel, _row_stats_kernel
 
     def compile_for_sm90(fn, pointers: dict[str, str], constexprs: dict, num_warps: int) -> None:
         scalars = {name: "fp32" for name in ("inv_temp", "eps", "clip_low", "clip_high", "dual_clip")}

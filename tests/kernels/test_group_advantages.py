@@ -1,13 +1,13 @@
-"""Group advantages (Triton, one launch) against `erl_mega.algo.advantages.group_advantages`."""
+"""Group advantages (Triton, one launch) against `erl_mega.kernels.advantages.group_advantages`."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from erl_mega.algo.advantages import group_advantages as reference
-from kernels.dispatch import group_advantages
-from kernels.group_advantages import BLOCK_I, BLOCK_J, group_advantages_triton
+from erl_mega.kernels.advantages import group_advantages as reference
+from erl_mega.kernels.dispatch import group_advantages
+from erl_mega.kernels.group_advantages import BLOCK_I, BLOCK_J, group_advantages_triton
 
 MODES = ["grpo", "drgrpo"]
 

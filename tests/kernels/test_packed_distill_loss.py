@@ -1,13 +1,13 @@
-"""Packed-sequence distillation loss (Triton) against the fp64 reference `erl_mega.algo.losses.distill_loss`."""
+"""Packed-sequence distillation loss (Triton) against the fp64 reference `erl_mega.kernels.losses.distill_loss`."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kernels.dispatch import packed_distill_loss
-from kernels.packed_distill_loss import packed_distill_loss_triton
-from kernels.reference import packed_distill_loss_reference
+from erl_mega.kernels.dispatch import packed_distill_loss
+from erl_mega.kernels.packed_distill_loss import packed_distill_loss_triton
+from erl_mega.kernels.reference import packed_distill_loss_reference
 
 GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 CU_SEQLENS = torch.tensor([0, 5, 5, 6, 14, 19])  # an empty and a single-token sequence; N = 19

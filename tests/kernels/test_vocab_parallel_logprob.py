@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.kernels.losses import PolicyLossConfig
 
 WORLD = 2
 TOKENS, WIDTH, VOCAB = 13, 16, 2 * 97
@@ -60,12 +60,12 @@ def _worker(rank: int, init_file: str) -> None:
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
     )
     try:
-        import kernels.online_softmax
-        from kernels.fused_linear_logprob import fused_policy_loss_triton, fused_token_logprobs_triton
-        from kernels.packed_distill_loss import packed_distill_loss_triton
-        from kernels.reference import fused_policy_loss_reference, packed_distill_loss_reference
+        import erl_mega.kernels.online_softmax
+        from erl_mega.kernels.fused_linear_logprob import fused_policy_loss_triton, fused_token_logprobs_triton
+        from erl_mega.kernels.packed_distill_loss import packed_distill_loss_triton
+        from erl_mega.kernels.reference import fused_policy_loss_reference, packed_distill_loss_reference
 
-        kernels.online_softmax.BLOCK_V = 32  # each 97-row shard spans several vocab blocks
+        erl_mega.kernels.online_softmax.BLOCK_V = 32  # each 97-row shard spans several vocab blocks
         d = _data()
         rows = slice(rank * VOCAB // WORLD, (rank + 1) * VOCAB // WORLD)
         tokens = {k: d[k] for k in ("targets", "old_logp", "advantages", "mask", "ref_logp", "rollout_logp")}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from erl_mega.algo.advantages import EPS, group_advantages
+from erl_mega.kernels.advantages import EPS, group_advantages
 
 
 def test_mixed_group_is_standardised_with_unbiased_std():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from erl_mega.algo.losses import (
+from erl_mega.kernels.losses import (
     PolicyLossConfig,
     aggregate,
     distill_loss,

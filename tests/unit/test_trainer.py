@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from erl_mega.algo.losses import PolicyLossConfig
+from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.algo.rows import TrainRow
 from erl_mega.config.schema import TinyModelConfig
 from erl_mega.envs.frozenlake import FrozenLake
