@@ -171,8 +171,7 @@ class MegatronTrainer:
         logprobs = self._step_logprobs(batch)
         updates = []
         for epoch in range(cfg.ppo_epochs):
-            seed = (self.seed * 1_000_003 + self.version) * 1_009 + epoch  # reshuffled every step and epoch
-            for rows in mini_batch_rows(batch.num_rows, cfg.ppo_mini_batch_size, seed):
+            for rows in mini_batch_rows(batch.num_rows, cfg.ppo_mini_batch_size, self.seed, self.version, epoch):
                 whole = len(rows) == batch.num_rows
                 updates.append(self._update(batch if whole else select_rows(batch, rows), logprobs.rows(rows)))
         self.version += 1

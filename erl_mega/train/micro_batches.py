@@ -101,13 +101,14 @@ def select_rows(batch: TrainBatch, rows: Tensor) -> TrainBatch:
     return TrainBatch(**picked)
 
 
-def mini_batch_rows(num_rows: int, mini_batch_size: int | None, seed: int) -> list[Tensor]:
+def mini_batch_rows(num_rows: int, mini_batch_size: int | None, seed: int, step: int, epoch: int) -> list[Tensor]:
     """The rows of each PPO mini-batch of one epoch: all rows in order when one mini-batch holds them,
-    else a permutation drawn from `seed` cut into mini-batches (the last may be smaller)."""
+    else a permutation drawn from (seed, step, epoch) cut into mini-batches (the last may be smaller)."""
     size = mini_batch_size or num_rows
     if size >= num_rows:
         return [torch.arange(num_rows)]  # one update does not depend on row order
-    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
+    key = (seed * 1_000_003 + step) * 1_009 + epoch
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(key))
     return list(order.split(size))
 
 
