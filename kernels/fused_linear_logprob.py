@@ -181,7 +181,8 @@ class _PolicyLossFunction(torch.autograd.Function):
         )
         ctx.save_for_backward(result.grad_hidden, result.grad_weight)
         policy = (agg * out["per_token"]).sum()
-        loss = policy if tokens["logp_coef"] is None else policy + (tokens["logp_coef"] * result.logp).sum()
+        coef = tokens["logp_coef"]
+        loss = policy.clone() if coef is None else policy + (coef * result.logp).sum()  # a tensor of its own
         ctx.mark_non_differentiable(result.logp, result.entropy, out["clipped"], out["kl"], policy)
         return loss, result.logp, result.entropy, out["clipped"], out["kl"], policy
 
