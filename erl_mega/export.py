@@ -22,7 +22,7 @@ def export_hf(cfg: RunConfig) -> Path:
     if checkpoint is None:
         raise ValueError(f"out_dir={str(out)!r} holds no checkpoint to export (train with checkpoint_every > 0)")
     policy_dir = resolve_policy(cfg, Console(quiet=not is_leader()))
-    loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef, temperature=cfg.rollout.temperature)
+    loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)
     trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed)
     load_checkpoint(checkpoint, trainer)
     state = trainer.hf_state()
