@@ -118,8 +118,9 @@ def train(cfg: RunConfig) -> dict[str, dict] | None:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy_dir = resolve_policy(cfg, console)
-    loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef, temperature=cfg.rollout.temperature)
-    trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed)
+    loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)  # rows carry their own sampling temperature
+    params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
+    trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed, params_dtype=params_dtype)
     c = build(cfg, console, policy_dir) if leader else None
     engines = [c.engine] if leader else []
     sync = InProcessWeightSync()
