@@ -53,10 +53,14 @@ def demo_episode(env: FrozenLake, chat: ChatFormat, seed: int, system: str, nois
         segments.append(Segment(chat.user_turn(result.observation.text, after_reply=True)))
 
 
+REQUEST_TOKENS = 768  # the reflection request's budget, as algo.reflection_tokens' default
+
+
 def demonstrations(env: FrozenLake, chat: ChatFormat, initial_prompt: str, cfg: WarmupConfig, seed: int) -> list[TrainRow]:
     """SFT rows (weight 1) for the warm-up: attempts 1, reflections and attempts 2, shuffled."""
     rng = random.Random(seed)
     first_system = with_action_format(initial_prompt, env.action_format)
+    count_tokens = lambda text: len(chat.tokenizer.encode(text))  # noqa: E731
     rows: list[TrainRow] = []
     for index in range(cfg.episodes):
         task = rng.randrange(0, 500_000)  # train seeds only: held-out seeds start at 1e6
@@ -66,7 +70,9 @@ def demonstrations(env: FrozenLake, chat: ChatFormat, initial_prompt: str, cfg: 
             continue
         lesson = advice(first.feedback)
         current = initial_prompt if rng.random() < 0.5 else advice(rng.choice(["hole at row 1, column 1 after", "step limit"]))
-        request = reflection_request(current, rng.random(), [first])
+        request = reflection_request(current, [first], rng.random(), env.parse_action, count_tokens, REQUEST_TOKENS)
+        if request is None:
+            continue
         answer = lesson if rng.random() < cfg.missing_tag_rate else f"<prompt>{lesson}</prompt>"
         ids = chat.reply(answer)
         reflection = Trajectory(
