@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from erl_mega.config.schema import RunConfig, build
 
-USAGE = "usage: erl-mega {train,eval,export} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
+USAGE = "usage: erl-mega {train,eval,export,plan} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
 
 
 def load_config(overrides: list[str]) -> RunConfig:
@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     for pattern in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "plan":  # its own inputs (model, cluster, workload, placement), not a run's config
+        from erl_mega.plan.command import plan_main
+
+        return plan_main(args[1:])
     if not args or args[0] not in ("train", "eval", "export"):
         print(USAGE, file=sys.stderr)
         return 2
