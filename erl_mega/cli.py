@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     for pattern in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
     if args and args[0] == "plan":  # its own inputs (model, cluster, workload, placement), not a run's config
         from erl_mega.plan.command import plan_main
 
