@@ -58,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args[0] == "train":
         from erl_mega.run import train
+        from erl_mega.run_dir import RunDirError
 
-        train(cfg)
+        try:
+            train(cfg)
+        except RunDirError as err:
+            print(f"erl-mega: {err}", file=sys.stderr)
+            return 2
     elif args[0] == "eval":
         from erl_mega.run import evaluate_policy
 

@@ -29,6 +29,7 @@ from erl_mega.config.schema import RunConfig
 from erl_mega.envs.base import Env, make_env, task_seed
 from erl_mega.evaluate import EvalResult, evaluate
 from erl_mega.metrics import MetricsLog
+from erl_mega.run_dir import RunLock, check_out_dir, claim_for_run
 from erl_mega.model.gguf import ensure_converted
 from erl_mega.model.hf_io import load_hf_config, load_tokenizer
 from erl_mega.model.warmup import ensure_base_policy
@@ -114,9 +115,17 @@ def train(cfg: RunConfig) -> dict[str, dict] | None:
     """
     init_parallel(cfg.trainer.tp, cfg.trainer.pp, cfg.seed)
     leader = is_leader()
-    console = Console(quiet=not leader)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not leader:
+        return _train(cfg, out, leader)
+    check_out_dir(out)
+    with RunLock(out):
+        claim_for_run(out, cfg.resume, cfg.overwrite)
+        return _train(cfg, out, leader)
+
+
+def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
+    console = Console(quiet=not leader)
     policy_dir = resolve_policy(cfg, console)
     loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)  # rows carry their own sampling temperature
     params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16

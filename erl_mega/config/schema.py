@@ -129,6 +129,7 @@ class RunConfig:
     eval_every: int = 0  # steps between held-out evaluations logged as heldout_success; 0: start and end only
     eval_seed_start: int = 0  # first held-out task index (the study's fresh seeds)
     env_step_budget: int = 0  # stop once this many environment steps were sampled; 0: run all `steps`
+    overwrite: bool = False  # a fresh run may replace another run's files in out_dir (else it refuses)
 
     def __post_init__(self) -> None:
         for name in ("steps", "tasks_per_step"):
