@@ -25,6 +25,7 @@ from erl_mega.algo.erl import ErlWorkflow, Episodes
 from erl_mega.algo.memory import ReflectionMemory
 from erl_mega.algo.prompts import with_action_format
 from erl_mega.algo.rows import distill_rows, policy_rows
+from erl_mega.config import run_record
 from erl_mega.config.schema import RunConfig
 from erl_mega.envs.base import Env, make_env, task_seed
 from erl_mega.evaluate import EvalResult, evaluate
@@ -117,6 +118,8 @@ def train(cfg: RunConfig) -> dict[str, dict] | None:
     console = Console(quiet=not leader)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if leader:
+        run_record.write(cfg, out)
     policy_dir = resolve_policy(cfg, console)
     loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef, temperature=cfg.rollout.temperature)
     trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed)

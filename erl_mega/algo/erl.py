@@ -34,27 +34,18 @@ ALGORITHMS = ("erl", "grpo")
 class ErlConfig:
     """The workflow's knobs; `algo=grpo` is attempt 1 alone, everything else equal."""
 
-    name: str = "erl"
-    n_rollouts: int = 4
-    success_threshold: float = 1.0  # tau
-    no_reflection: bool = False  # ablation: attempt 2 retries under the current prompt, no reflection rows
-    no_memory: bool = False  # ablation: every reflection starts from the initial prompt
-    no_distill: bool = False  # ablation: no context-distillation rows
-    traces_in_reflection: int = 2
-    memory_capacity: int = 16
-    advantage: str = "grpo"  # grpo | drgrpo
-    distill_coef: float = 1.0
-    loss: PolicyLossConfig = PolicyLossConfig()
-
-    def __post_init__(self) -> None:
-        if self.name not in ALGORITHMS:
-            raise ValueError(f"algo.name={self.name!r}; choose one of {list(ALGORITHMS)}")
-        if self.advantage not in ("grpo", "drgrpo"):
-            raise ValueError(f"algo.advantage={self.advantage!r}; choose 'grpo' or 'drgrpo'")
-        if self.n_rollouts < 1:
-            raise ValueError(f"algo.n_rollouts={self.n_rollouts}; must be >= 1")
-        if self.traces_in_reflection < 1:
-            raise ValueError(f"algo.traces_in_reflection={self.traces_in_reflection}; must be >= 1")
+    name: str = field(default="erl", metadata={"allowed": ALGORITHMS})
+    n_rollouts: int = field(default=4, metadata={"allowed": ">= 1"})  # attempts per task (the GRPO group size)
+    success_threshold: float = field(default=1.0, metadata={"allowed": "(0, 1]"})  # tau: reward >= tau succeeds (rewards in [0, 1])
+    # ablation: attempt 2 retries under the current prompt, no reflection rows
+    no_reflection: bool = field(default=False, metadata={"allowed": "any"})
+    no_memory: bool = field(default=False, metadata={"allowed": "any"})  # ablation: reflections start from the initial prompt
+    no_distill: bool = field(default=False, metadata={"allowed": "any"})  # ablation: no context-distillation rows
+    traces_in_reflection: int = field(default=2, metadata={"allowed": ">= 1"})
+    memory_capacity: int = field(default=16, metadata={"allowed": ">= 1"})
+    advantage: str = field(default="grpo", metadata={"allowed": ("grpo", "drgrpo")})
+    distill_coef: float = field(default=1.0, metadata={"allowed": ">= 0"})  # weight of the context-distillation loss
+    loss: PolicyLossConfig = field(default=PolicyLossConfig(), metadata={"allowed": "any"})
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from erl_mega.envs.frozenlake import ACTIONS, FrozenLake
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.trajectory import Segment, Trajectory, Turn
 
+DEMONSTRATED_ENVS = ("frozenlake",)  # environments the embedded base policy can be warmed up on
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 
 
