@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 CONFIG_MODULE = "erl_mega.configs"
+DELETE = object()  # `~key`: drop the key, so its dataclass default (or a missing-key error) applies
 
 
 def group_options() -> dict[str, list[str]]:
@@ -64,12 +65,12 @@ def compose_raw(schema: type, overrides: list[str]) -> dict[str, Any]:
             override = parser.parse_override(text)
         except Exception as err:
             raise ValueError(f"cannot parse override {text!r}: {_first_line(err)}; write key=value") from None
-        if override.is_delete() or override.is_sweep_override():
-            raise ValueError(f"override {text!r}: deleting keys (~) and sweeps (a,b) are not supported; write key=value")
+        if override.is_sweep_override():
+            raise ValueError(f"override {text!r}: sweeps (a,b) are not supported; run one value at a time")
         if override.key_or_group in groups:
             selections.append(text)
         else:
-            values.append((override.key_or_group, override.value()))
+            values.append((override.key_or_group, DELETE if override.is_delete() else override.value()))
     for group, option in (s.split("=", 1) for s in selections):
         if option not in groups[group]:
             raise ValueError(f"{group}={option!r} is not a {group} option; choose one of {groups[group]}")
@@ -99,7 +100,10 @@ def _set(tree: dict, schema: type, key: str, value: Any) -> None:
             if cls is None and not free and depth < len(parts) - 1:
                 raise ValueError(_unknown(key, schema))
         if depth == len(parts) - 1:
-            node[part] = value
+            if value is DELETE:
+                node.pop(part, None)
+            else:
+                node[part] = value
         else:
             if not isinstance(node.get(part), dict):
                 node[part] = {}

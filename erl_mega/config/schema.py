@@ -113,6 +113,9 @@ class RolloutConfig:
     max_new_tokens: int = field(metadata={"allowed": ">= 1"})
     reflect_max_new_tokens: int = field(metadata={"allowed": ">= 1"})
     max_batch_size: int = field(metadata={"allowed": ">= 1"})
+    # the reflection role's sampling (the reference: 0.5 / 0.9)
+    reflect_temperature: float = field(default=0.5, metadata={"allowed": "(0, 100]"})
+    reflect_top_p: float = field(default=0.9, metadata={"allowed": "(0, 1]"})
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,11 @@ class RunConfig:
     algo: ErlConfig = field(metadata={"allowed": "any"})
     trainer: TrainerConfig = field(metadata={"allowed": "any"})
     rollout: RolloutConfig = field(metadata={"allowed": "any"})
+    # steps between held-out evaluations logged as heldout_success; 0: start and end only
+    eval_every: int = field(default=0, metadata={"allowed": ">= 0"})
+    eval_seed_start: int = field(default=0, metadata={"allowed": "[0, 999999]"})  # first held-out task index (the study's fresh seeds)
+    # stop once this many environment steps were sampled; 0: run all `steps`
+    env_step_budget: int = field(default=0, metadata={"allowed": ">= 0"})
 
 
 def build(cls: type, data: Any, prefix: str = "") -> Any:

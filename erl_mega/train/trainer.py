@@ -29,10 +29,15 @@ class TrainerConfig:
     packing: bool = field(default=False, metadata={"allowed": "any"})  # pack sequences (THD) instead of padding rows
     # packed micro-batch bound (packing only)
     max_tokens_per_micro_batch: int = field(default=4096, metadata={"allowed": ">= 1"})
+    # rows per optimizer step (verl's); None: the whole batch, one step
+    ppo_mini_batch_size: int | None = field(default=None, metadata={"allowed": ">= 1"})
+    ppo_epochs: int = field(default=1, metadata={"allowed": ">= 1"})  # passes over the batch per step, rows reshuffled each epoch
+    # the PPO ratio's old policy: "recompute" (trainer, before updates) or "rollout"
+    old_logprobs: str = field(default="recompute", metadata={"allowed": ("recompute", "rollout")})
 
 
 class Trainer(Protocol):
-    """One optimizer step per TrainBatch; weights leave as HF-named full tensors in buckets."""
+    """PPO updates on each TrainBatch (one optimizer step per mini-batch); weights leave as HF-named full tensors in buckets."""
 
     version: int
 
