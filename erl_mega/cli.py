@@ -2,27 +2,61 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import typing
 import warnings
 
-from omegaconf import OmegaConf
-
+from erl_mega.config import preflight, run_record
+from erl_mega.config.compose import compose_raw, group_options
+from erl_mega.config.rules import rule_of
 from erl_mega.config.schema import RunConfig, build
 
-USAGE = "usage: erl-mega {train,eval,export,plan} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
+USAGE = ("usage: erl-mega {train,eval,export,plan} [--cfg job] [overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]\n"
+         "       erl-mega train --help   lists the config groups, their options and every key")
 
 
 def load_config(overrides: list[str]) -> RunConfig:
-    """Compose the hydra configs with `overrides` and validate them into a RunConfig (ValueError if bad)."""
-    from hydra import compose, initialize_config_module
-
+    """Compose the configs with `overrides` and validate them into a RunConfig (ValueError, one line, if bad)."""
     try:
-        with initialize_config_module(config_module="erl_mega.configs", version_base=None):
-            raw = compose(config_name="config", overrides=overrides)
+        raw = compose_raw(RunConfig, overrides)
+    except ValueError:
+        raise
     except Exception as err:  # hydra's messages span lines: keep the verdict and its reason on one
         lines = [l.strip() for l in str(err).strip().splitlines() if l.strip() and not l.startswith("To append")]
         raise ValueError(" ".join(lines).split(" Config search path")[0][:300]) from None
-    return build(RunConfig, OmegaConf.to_container(raw, resolve=True))
+    return build(RunConfig, raw)
+
+
+def config_help() -> str:
+    """`erl-mega train --help`: the config groups with their options, then every key with its default and range."""
+    lines = [USAGE, "", "config groups (group=option):"]
+    lines += [f"  {group}: {', '.join(options)}" for group, options in group_options().items()]
+    lines += ["", "keys (key=value; defaults of the default run):"]
+    try:
+        defaults = _flat(dataclasses.asdict(load_config([])))
+    except ValueError:
+        defaults = {}
+    for path, rule in _rules(RunConfig):
+        lines.append(f"  {path}={defaults.get(path, '')!r}  allowed: {getattr(rule, '__name__', rule)}")
+    lines += ["", "erl-mega train --cfg job [overrides]  prints the resolved config without running"]
+    return "\n".join(lines)
+
+
+def _rules(cls: type, prefix: str = "") -> list[tuple[str, object]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        nested = next((c for c in (typing.get_args(hints[f.name]) or (hints[f.name],)) if dataclasses.is_dataclass(c)), None)
+        out += _rules(nested, f"{prefix}{f.name}.") if nested else [(prefix + f.name, rule_of(f))]
+    return out
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        flat |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value}
+    return flat
 
 
 # Expected on a machine without TransformerEngine/Apex, or from megatron-core 0.16 on a newer torch;
@@ -51,10 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] not in ("train", "eval", "export"):
         print(USAGE, file=sys.stderr)
         return 2
+    if any(a in ("-h", "--help") for a in args[1:]):
+        print(config_help())
+        return 0
+    print_only = args[1:3] == ["--cfg", "job"]
     try:
-        cfg = load_config(args[1:])
+        cfg = load_config(args[3:] if print_only else args[1:])
     except ValueError as err:
         print(f"erl-mega: config error: {err}", file=sys.stderr)
+        return 2
+    if print_only:
+        print(run_record.as_yaml(cfg), end="")
+        return 0
+    found = preflight.problems(cfg)
+    for problem in found:
+        print(f"erl-mega: config error: {problem}", file=sys.stderr)
+    if found:
         return 2
     if args[0] == "train":
         from erl_mega.run import train

@@ -25,6 +25,7 @@ from erl_mega.algo.erl import ErlWorkflow, Episodes
 from erl_mega.algo.memory import ReflectionMemory
 from erl_mega.algo.prompts import with_action_format
 from erl_mega.algo.rows import distill_rows, policy_rows
+from erl_mega.config import run_record
 from erl_mega.config.schema import RunConfig
 from erl_mega.envs.base import Env, make_env, task_seed
 from erl_mega.evaluate import EvalResult, evaluate
@@ -121,6 +122,7 @@ def train(cfg: RunConfig) -> dict[str, dict] | None:
     check_out_dir(out)
     with RunLock(out):
         claim_for_run(out, cfg.resume, cfg.overwrite)
+        run_record.write(cfg, out)
         return _train(cfg, out, leader)
 
 

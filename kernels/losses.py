@@ -7,7 +7,7 @@ position t scores the token at t) and a float loss mask of the same shape. The T
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -106,10 +106,10 @@ IS_MODES = ("truncate", "mask")  # TIS: min(w, cap); MIS: w where floor <= w <= 
 class OffPolicyConfig:
     """Importance sampling of stale / mismatched rollouts toward the trainer's old policy (verl, slime, AReaL)."""
 
-    mode: str | None = None  # None: no correction | truncate (TIS) | mask (MIS)
-    level: str = "token"  # token | sequence | geometric
-    cap: float = 2.0  # upper threshold on w (TIS caps at it; MIS drops above it)
-    floor: float = 0.0  # MIS lower threshold: w below it drops (0: none)
+    mode: str | None = field(default=None, metadata={"allowed": IS_MODES})  # None: no correction | truncate (TIS) | mask (MIS)
+    level: str = field(default="token", metadata={"allowed": tuple(IS_LEVELS)})  # token | sequence | geometric
+    cap: float = field(default=2.0, metadata={"allowed": "> 0"})  # upper threshold on w (TIS caps at it; MIS drops above it)
+    floor: float = field(default=0.0, metadata={"allowed": ">= 0"})  # MIS lower threshold: w below it drops (0: none)
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in IS_MODES:
@@ -145,15 +145,19 @@ def off_policy_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, cfg
 class PolicyLossConfig:
     """PPO-clip knobs; defaults as the reference (DAPO clip-higher, dual-clip 3, low-var KL 1e-3)."""
 
-    clip_low: float = 0.2
-    clip_high: float = 0.28  # clip-high 0.28: DAPO's clip-higher, as the reference
-    dual_clip: float | None = 3.0  # None disables; else the lower bound c on negative-advantage ratios
-    kl_coef: float = 0.001
-    kl_kind: str = "low_var_kl"
-    entropy_coef: float = 0.0
-    aggregation: str = "seq-mean-token-sum"
-    tis_cap: float | None = None  # truncated importance weight between trainer and rollout log-probs
-    off_policy: OffPolicyConfig = OffPolicyConfig()  # TIS / MIS per token or sequence (stale async rows)
+    # "allowed": the range config load checks (erl_mega/config/rules.py), field by field, before any work
+    clip_low: float = field(default=0.2, metadata={"allowed": "[0, 1)"})
+    clip_high: float = field(default=0.28, metadata={"allowed": ">= 0"})  # clip-high 0.28: DAPO's clip-higher, as the reference
+    # None disables; else the lower bound c on negative-advantage ratios
+    dual_clip: float | None = field(default=3.0, metadata={"allowed": "> 1"})
+    kl_coef: float = field(default=0.001, metadata={"allowed": ">= 0"})
+    kl_kind: str = field(default="low_var_kl", metadata={"allowed": tuple(KL_ESTIMATORS)})
+    entropy_coef: float = field(default=0.0, metadata={"allowed": "finite"})
+    aggregation: str = field(default="seq-mean-token-sum", metadata={"allowed": tuple(AGGREGATIONS)})
+    # truncated importance weight between trainer and rollout log-probs
+    tis_cap: float | None = field(default=None, metadata={"allowed": "> 0"})
+    # TIS / MIS per token or sequence (stale async rows)
+    off_policy: OffPolicyConfig = field(default=OffPolicyConfig(), metadata={"allowed": "any"})
 
     def __post_init__(self) -> None:
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):

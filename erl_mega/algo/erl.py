@@ -38,33 +38,22 @@ DISTILL_MODES = ("raft", "separate")  # raft: PPO rows with advantage max(r, 0);
 class ErlConfig:
     """The workflow's knobs; `algo=grpo` is attempt 1 alone, everything else equal."""
 
-    name: str = "erl"
-    n_rollouts: int = 4
-    success_threshold: float = 1.0  # tau
-    no_reflection: bool = False  # ablation (the paper's): attempt 2 sees the prompt plus the raw attempts, no reflection call
-    no_memory: bool = False  # ablation: every reflection starts from the initial prompt
-    no_distill: bool = False  # ablation: no context-distillation rows
-    reflection_attempts: int = 8  # recent attempts shown to the reflection
-    reflection_tokens: int = 768  # token budget of the reflection prompt (also capped by the context)
-    memory_capacity: int = 16
-    advantage: str = "grpo"  # grpo | drgrpo
-    distill: str = "raft"  # raft | separate
-    distill_coef: float = 1.0  # weight of the separate distillation term (distill=separate)
-    loss: PolicyLossConfig = PolicyLossConfig()
-
-    def __post_init__(self) -> None:
-        if self.name not in ALGORITHMS:
-            raise ValueError(f"algo.name={self.name!r}; choose one of {list(ALGORITHMS)}")
-        if self.advantage not in ("grpo", "drgrpo"):
-            raise ValueError(f"algo.advantage={self.advantage!r}; choose 'grpo' or 'drgrpo'")
-        if self.n_rollouts < 1:
-            raise ValueError(f"algo.n_rollouts={self.n_rollouts}; must be >= 1")
-        if self.reflection_attempts < 1:
-            raise ValueError(f"algo.reflection_attempts={self.reflection_attempts}; must be >= 1")
-        if self.reflection_tokens < 1:
-            raise ValueError(f"algo.reflection_tokens={self.reflection_tokens}; must be >= 1")
-        if self.distill not in DISTILL_MODES:
-            raise ValueError(f"algo.distill={self.distill!r}; choose one of {list(DISTILL_MODES)}")
+    name: str = field(default="erl", metadata={"allowed": ALGORITHMS})
+    n_rollouts: int = field(default=4, metadata={"allowed": ">= 1"})  # attempts per task (the GRPO group size)
+    success_threshold: float = field(default=1.0, metadata={"allowed": "(0, 1]"})  # tau: reward >= tau succeeds (rewards in [0, 1])
+    # ablation (the paper's): attempt 2 sees the prompt plus the raw attempts, no reflection call
+    no_reflection: bool = field(default=False, metadata={"allowed": "any"})
+    no_memory: bool = field(default=False, metadata={"allowed": "any"})  # ablation: reflections start from the initial prompt
+    no_distill: bool = field(default=False, metadata={"allowed": "any"})  # ablation: no context-distillation rows
+    reflection_attempts: int = field(default=8, metadata={"allowed": ">= 1"})  # recent attempts shown to the reflection
+    # token budget of the reflection prompt (also capped by the context)
+    reflection_tokens: int = field(default=768, metadata={"allowed": ">= 1"})
+    memory_capacity: int = field(default=16, metadata={"allowed": ">= 1"})
+    advantage: str = field(default="grpo", metadata={"allowed": ("grpo", "drgrpo")})
+    distill: str = field(default="raft", metadata={"allowed": DISTILL_MODES})  # raft | separate
+    # weight of the separate distillation term (distill=separate)
+    distill_coef: float = field(default=1.0, metadata={"allowed": ">= 0"})
+    loss: PolicyLossConfig = field(default=PolicyLossConfig(), metadata={"allowed": "any"})
 
 
 @dataclass(frozen=True)

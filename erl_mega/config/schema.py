@@ -1,28 +1,50 @@
-"""Typed schemas for the hydra configs: what the code below the CLI receives, validated at start."""
+"""Typed schemas for the hydra configs: what the code below the CLI receives, validated at start.
+
+Each field declares what it allows beside itself (`metadata={"allowed": ...}`, see erl_mega/config/rules.py);
+`build` checks types and those rules with the field's full name before any dataclass is constructed.
+Defaults live in one place: a dataclass default where the field has one (the library's value, also what
+the CLI uses), else the YAML of the group option that sets it (configs/); YAML never restates a default.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from erl_mega.algo.erl import ErlConfig
+from erl_mega.config.rules import problem, rule_of
 from erl_mega.train.trainer import TrainerConfig
+
+SEED = "[0, 2147483647]"  # numpy, torch and the rollout seed arithmetic all accept it
+
+
+def _hf_checkpoint(path: str) -> str | None:
+    from erl_mega.model.hf_io import checkpoint_problem
+
+    reason = checkpoint_problem(path)
+    return None if reason is None else f"must be an HF checkpoint directory: {reason}"
+
+
+def _env_name(name: str) -> str | None:
+    from erl_mega.envs.base import env_names
+
+    return None if name in env_names() else f"must be one of {env_names()}"
 
 
 @dataclass(frozen=True)
 class TinyModelConfig:
     """The embedded default's architecture (`model.tiny.*`)."""
 
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    intermediate_size: int
-    vocab_size: int
-    max_position: int
+    hidden_size: int = field(metadata={"allowed": ">= 1"})
+    num_layers: int = field(metadata={"allowed": ">= 1"})
+    num_heads: int = field(metadata={"allowed": ">= 1"})
+    num_kv_heads: int = field(metadata={"allowed": ">= 1"})
+    intermediate_size: int = field(metadata={"allowed": ">= 1"})
+    vocab_size: int = field(metadata={"allowed": ">= 1"})
+    max_position: int = field(metadata={"allowed": ">= 1"})
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -35,34 +57,28 @@ class TinyModelConfig:
 class WarmupConfig:
     """The base policy's SFT warm-up on demonstrations (`model.warmup.*`)."""
 
-    episodes: int
-    epochs: int
-    lr: float
-    batch_size: int
-    noise: float
-    reflected_noise: float
-    missing_tag_rate: float
-
-    def __post_init__(self) -> None:
-        for name in ("noise", "reflected_noise", "missing_tag_rate"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"model.warmup.{name}={getattr(self, name)}; must be in [0, 1]")
+    episodes: int = field(metadata={"allowed": ">= 1"})
+    epochs: int = field(metadata={"allowed": ">= 1"})
+    lr: float = field(metadata={"allowed": "> 0"})
+    batch_size: int = field(metadata={"allowed": ">= 1"})
+    noise: float = field(metadata={"allowed": "[0, 1]"})
+    reflected_noise: float = field(metadata={"allowed": "[0, 1]"})
+    missing_tag_rate: float = field(metadata={"allowed": "[0, 1]"})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which policy to train: an HF checkpoint `path`, a named pretrained `source`, or the embedded tiny one."""
 
-    path: str | None
-    source: str | None  # e.g. smollm2-135m: converted once into an HF directory under cache_dir (model/gguf.py)
-    cache_dir: str
-    dtype: str
-    tiny: TinyModelConfig | None = None  # the embedded default only
-    warmup: WarmupConfig | None = None
+    path: str | None = field(metadata={"allowed": _hf_checkpoint})
+    # e.g. smollm2-135m: converted once into an HF directory under cache_dir (model/gguf.py)
+    source: str | None = field(metadata={"allowed": "nonempty"})
+    cache_dir: str = field(metadata={"allowed": "nonempty"})
+    dtype: str = field(metadata={"allowed": ("float32", "bfloat16")})
+    tiny: TinyModelConfig | None = field(default=None, metadata={"allowed": "any"})  # the embedded default only
+    warmup: WarmupConfig | None = field(default=None, metadata={"allowed": "any"})
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"model.dtype={self.dtype!r}; choose 'float32' or 'bfloat16'")
         if self.path is not None and self.source is not None:
             raise ValueError(f"model.path={self.path!r} and model.source={self.source!r} are both set; choose one")
         if self.source is not None:
@@ -77,82 +93,74 @@ class ModelConfig:
 class EnvConfig:
     """The environment, its turn limit, the initial system prompt and its own options (`env.*`)."""
 
-    name: str
-    max_turns: int
-    initial_prompt: str
-    options: dict
+    name: str = field(metadata={"allowed": _env_name})
+    max_turns: int = field(metadata={"allowed": ">= 1"})
+    initial_prompt: str = field(metadata={"allowed": "nonempty"})
+    options: dict = field(metadata={"allowed": "any"})  # the environment's constructor checks them (below)
 
     def __post_init__(self) -> None:
         from erl_mega.envs.base import make_env
 
-        make_env(self.name, max_turns=self.max_turns, **self.options)  # a bad name or option fails here, at start
+        make_env(self.name, max_turns=self.max_turns, **self.options)  # a bad option fails here, at start
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """The rollout backend and sampling (`rollout.*`)."""
+    """Sampling and batching of the embedded rollout engine (`rollout.*`)."""
 
-    backend: str
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    reflect_max_new_tokens: int
-    max_batch_size: int
-    reflect_temperature: float = 0.5  # the reflection role's sampling (the reference: 0.5 / 0.9)
-    reflect_top_p: float = 0.9
-
-    def __post_init__(self) -> None:
-        if self.backend != "local":
-            raise ValueError(f"rollout.backend={self.backend!r}; choose 'local'")
-        for name in ("temperature", "reflect_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"rollout.{name}={getattr(self, name)}; training rollouts need > 0")
+    temperature: float = field(metadata={"allowed": "(0, 100]"})  # training rollouts sample: greedy (0) is eval's
+    top_p: float = field(metadata={"allowed": "(0, 1]"})
+    max_new_tokens: int = field(metadata={"allowed": ">= 1"})
+    reflect_max_new_tokens: int = field(metadata={"allowed": ">= 1"})
+    max_batch_size: int = field(metadata={"allowed": ">= 1"})
+    # the reflection role's sampling (the reference: 0.5 / 0.9)
+    reflect_temperature: float = field(default=0.5, metadata={"allowed": "(0, 100]"})
+    reflect_top_p: float = field(default=0.9, metadata={"allowed": "(0, 1]"})
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """One run: the top-level keys plus one section per concern."""
 
-    steps: int
-    tasks_per_step: int
-    seed: int
-    out_dir: str
-    checkpoint_every: int
-    resume: bool
-    eval_tasks: int
-    plot: bool
-    model: ModelConfig
-    env: EnvConfig
-    algo: ErlConfig
-    trainer: TrainerConfig
-    rollout: RolloutConfig
-    eval_every: int = 0  # steps between held-out evaluations logged as heldout_success; 0: start and end only
-    eval_seed_start: int = 0  # first held-out task index (the study's fresh seeds)
-    env_step_budget: int = 0  # stop once this many environment steps were sampled; 0: run all `steps`
-    overwrite: bool = False  # a fresh run may replace another run's files in out_dir (else it refuses)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "tasks_per_step"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}; must be >= 1")
-        for name in ("checkpoint_every", "eval_tasks", "eval_every", "eval_seed_start", "env_step_budget"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)}; must be >= 0")
+    steps: int = field(metadata={"allowed": ">= 1"})
+    tasks_per_step: int = field(metadata={"allowed": ">= 1"})
+    seed: int = field(metadata={"allowed": SEED})
+    out_dir: str = field(metadata={"allowed": "nonempty"})  # writable: checked at start (config/preflight.py)
+    checkpoint_every: int = field(metadata={"allowed": ">= 0"})  # 0 disables
+    resume: bool = field(metadata={"allowed": "any"})
+    eval_tasks: int = field(metadata={"allowed": ">= 1"})
+    plot: bool = field(metadata={"allowed": "any"})
+    model: ModelConfig = field(metadata={"allowed": "any"})
+    env: EnvConfig = field(metadata={"allowed": "any"})
+    algo: ErlConfig = field(metadata={"allowed": "any"})
+    trainer: TrainerConfig = field(metadata={"allowed": "any"})
+    rollout: RolloutConfig = field(metadata={"allowed": "any"})
+    # steps between held-out evaluations logged as heldout_success; 0: start and end only
+    eval_every: int = field(default=0, metadata={"allowed": ">= 0"})
+    eval_seed_start: int = field(default=0, metadata={"allowed": "[0, 999999]"})  # first held-out task index (the study's fresh seeds)
+    # stop once this many environment steps were sampled; 0: run all `steps`
+    env_step_budget: int = field(default=0, metadata={"allowed": ">= 0"})
+    overwrite: bool = field(default=False, metadata={"allowed": "any"})  # a fresh run may replace another run's files in out_dir
 
 
 def build(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from plain data; an unknown key or a wrong type is one ValueError naming it."""
+    """Build dataclass `cls` from plain data; an unknown key, a wrong type or a broken rule is one ValueError naming it."""
     if not isinstance(data, dict):
         raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known keys here: {sorted(names)}")
-    missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f))
+        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known keys here: {sorted(fields)}")
+    missing = sorted(name for name, f in fields.items() if name not in data and _required(f))
     if missing:
         raise ValueError(f"missing config key {prefix}{missing[0]}")
-    kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+        reason = None if kwargs[key] is None else problem(rule_of(fields[key]), kwargs[key])
+        if reason is not None:
+            raise ValueError(f"{prefix}{key}={kwargs[key]!r}: {reason}")
     return cls(**kwargs)
 
 

@@ -20,6 +20,9 @@ from erl_mega.envs.frozenlake import ACTIONS, FrozenLake, shortest_path
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.trajectory import Segment, Trajectory, Turn
 
+DEMONSTRATED_ENVS = ("frozenlake",)  # environments the embedded base policy can be warmed up on
+
+
 def expert_move(env: FrozenLake) -> str:
     """First move of a shortest hole-free path to the goal (BFS over the map)."""
     path = shortest_path(env.desc, env.position)

@@ -64,3 +64,30 @@ def save_hf_checkpoint(
         shutil.rmtree(path)
     os.replace(tmp, path)
     return path
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why `path` is not a loadable HF checkpoint directory (config.json that parses, weights present), or None."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_dir():
+        return f"{path} is a file, not an HF checkpoint directory"
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        return f"{path} has no config.json: not an HF checkpoint directory"
+    except (OSError, ValueError) as err:
+        return f"{path}/config.json does not parse: {str(err).splitlines()[0]}"
+    if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED:
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        return f"{path}/config.json: model type {kind!r}; supported: {list(SUPPORTED)}"
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index} does not parse as a shard index"
+        missing = [s for s in shards if not (path / s).is_file()]
+        return f"{path} lacks weight shards {missing}" if missing else None
+    return None if (path / "model.safetensors").is_file() else f"{path} holds no weights (model.safetensors)"

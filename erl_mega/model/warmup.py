@@ -12,7 +12,7 @@ from typing import Callable
 from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.config.schema import EnvConfig, ModelConfig
 from erl_mega.envs.base import make_env
-from erl_mega.model.demos import corpus, demonstrations
+from erl_mega.model.demos import DEMONSTRATED_ENVS, corpus, demonstrations
 from erl_mega.model.hf_io import load_tokenizer, save_hf_checkpoint
 from erl_mega.model.tiny import init_tiny_state, tiny_config
 from erl_mega.model.tokenizer import train_tokenizer
@@ -45,9 +45,9 @@ def ensure_base_policy(
     barrier()
     if (out / "model.safetensors").exists():
         return out
-    if env_cfg.name != "frozenlake":
+    if env_cfg.name not in DEMONSTRATED_ENVS:
         raise ValueError(
-            f"the embedded base policy is warmed up on frozenlake demonstrations; for env.name={env_cfg.name!r} "
+            f"the embedded base policy is warmed up on {list(DEMONSTRATED_ENVS)} demonstrations; for env.name={env_cfg.name!r} "
             "set model.path to an HF checkpoint directory"
         )
     env = make_env(env_cfg.name, max_turns=env_cfg.max_turns, **env_cfg.options)

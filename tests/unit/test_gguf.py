@@ -38,8 +38,12 @@ def test_a_converted_cache_needs_no_package(tmp_path, monkeypatch):
 
 
 def test_config_rejects_path_and_source_together(tmp_path):
-    with pytest.raises(ValueError, match="model.path='/x' and model.source='smollm2-135m' are both set"):
-        load_config(["model=smollm2-135m", "model.path=/x", f"model.cache_dir={tmp_path}"])
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"model_type": "qwen2"}')
+    (ckpt / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"model.path='{ckpt}' and model.source='smollm2-135m' are both set"):
+        load_config(["model=smollm2-135m", f"model.path={ckpt}", f"model.cache_dir={tmp_path}"])
 
 
 def test_config_rejects_an_unknown_source(tmp_path):
