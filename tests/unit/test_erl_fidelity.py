@@ -18,6 +18,7 @@ from erl_mega.evaluate import held_out_seeds
 from erl_mega.rollout.engine import SamplingParams
 from erl_mega.rollout.trajectory import Segment, Trajectory, Turn
 from erl_mega.train.batch import collate
+from frozenlake_expert import expert_script
 
 INITIAL = "Reach the target."
 
@@ -164,8 +165,6 @@ def test_memory_updates_are_zero_under_no_memory(chat, scripted):
 
 
 def _expert_or_left(prompt: str) -> str:
-    from tests.unit.test_erl_workflow import expert_script
-
     return expert_script(prompt) if "GO" in prompt else "<action>left</action>"
 
 

@@ -8,25 +8,14 @@ from erl_mega.algo.memory import ReflectionMemory
 from erl_mega.algo.prompts import MEMORY_HEADER, parse_reflection, with_action_format
 from erl_mega.algo.rows import distill_rows, policy_rows
 from erl_mega.envs.frozenlake import FrozenLake
-from erl_mega.model.demos import expert_move
 from erl_mega.rollout.agent_loop import EpisodeSpec, play_episodes
 from erl_mega.rollout.engine import SamplingParams
 from erl_mega.rollout.trajectory import Segment
 from erl_mega.train.batch import collate
+from frozenlake_expert import expert_script
 
 INITIAL = "Reach the target."
 GOOD = "<prompt>WALK CAREFULLY</prompt>"
-
-
-def expert_script(prompt_text: str) -> str:
-    """Plays the expert's move on the map in the prompt's last observation."""
-    rows = prompt_text.split("<|im_start|>user\n")[-1].split("<|im_end|>")[0].splitlines()
-    grid = [r for r in rows if r and set(r) <= set(".x*@")]
-    env = FrozenLake()
-    env.desc = ["".join({"x": "H", "*": "G"}.get(ch, "F") for ch in row) for row in grid]
-    r, c = next((i, row.index("@")) for i, row in enumerate(grid) if "@" in row)
-    env._env = type("S", (), {"unwrapped": type("U", (), {"s": r * len(grid) + c})()})()
-    return f"<action>{expert_move(env)}</action>"
 
 
 def script(reflection_answer: str):
