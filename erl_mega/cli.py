@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from erl_mega.config.schema import RunConfig, build
 
-USAGE = "usage: erl-mega {train,eval,export} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
+USAGE = "usage: erl-mega {train,eval,export,serve} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
 
 
 def load_config(overrides: list[str]) -> RunConfig:
@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     for pattern in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "serve":  # a rollout server process: its own small key=value config
+        from erl_mega.rollout.server.serve import main as serve
+
+        return serve(args[1:])
     if not args or args[0] not in ("train", "eval", "export"):
         print(USAGE, file=sys.stderr)
         return 2

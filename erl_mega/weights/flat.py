@@ -92,7 +92,7 @@ def serialize(bucket: FlatBucket) -> str:
 
 # A payload arrives over HTTP: only torch's tensor/storage rebuilders and plain data may be unpickled.
 _ALLOWED_MODULES = ("torch.multiprocessing.reductions", "torch._utils", "torch.storage", "multiprocessing.resource_sharer")
-_ALLOWED_TORCH = {"Size", "device", "float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool"}
+_ALLOWED_TORCH = {"Tensor", "Size", "device", "float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool"}
 
 
 class _PayloadUnpickler(pickle.Unpickler):
@@ -108,8 +108,11 @@ class _PayloadUnpickler(pickle.Unpickler):
 
 def deserialize(data: str | bytes) -> FlatBucket:
     """Rebuild a `flattened_bucket` payload (ours or SGLang's) into a FlatBucket; ValueError if it is not one."""
-    raw = base64.b64decode(data, validate=True) if isinstance(data, str) else data
-    obj = _PayloadUnpickler(io.BytesIO(raw)).load()
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else data
+        obj = _PayloadUnpickler(io.BytesIO(raw)).load()
+    except Exception as err:  # undecodable, truncated, forbidden class or a handle that no longer exists
+        raise ValueError(f"serialized_named_tensors[0]: not a loadable flattened_bucket payload ({err})") from None
     if not isinstance(obj, dict) or set(obj) != {"flattened_tensor", "metadata"}:
         raise ValueError("serialized_named_tensors[0]: expected a dict with 'flattened_tensor' and 'metadata'")
     flat, metadata = obj["flattened_tensor"], obj["metadata"]

@@ -67,7 +67,7 @@ class WeightLoader:
         named = []
         for i, (name, dtype, shape) in enumerate(zip(body.names, body.dtypes, body.shapes)):
             tensor = torch.empty(shape, dtype=parse_dtype(dtype, f"dtypes[{i}]"), device=device)
-            group.broadcast([tensor], 0).wait()
+            group.broadcast(tensor, 0).wait()
             named.append((name, tensor))
         self.engine.update_weights([named], version)
 
