@@ -19,7 +19,7 @@ setup(
     # kernels/ and configs/ sit at the top level of the repo and install under erl_mega (the PyPI package
     # `kernels`, which sglang requires, owns the top-level name).
     package_dir={"erl_mega.configs": "configs", "erl_mega.kernels": "kernels"},
-    package_data={"erl_mega.configs": ["*.yaml", "*/*.yaml"]},
+    package_data={"erl_mega.configs": ["*.yaml", "*/*.yaml"], "erl_mega.plan": ["presets/*.json"]},
     ext_modules=[native] if native.sources else [],
     cmdclass={"build_ext": build_ext},
 )

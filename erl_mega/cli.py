@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from erl_mega.config.schema import RunConfig, build
 
-USAGE = "usage: erl-mega {train,eval,export,serve} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
+USAGE = "usage: erl-mega {train,eval,export,plan,serve} [hydra overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]"
 
 
 def load_config(overrides: list[str]) -> RunConfig:
@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     for pattern in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if args and args[0] == "plan":  # its own inputs (model, cluster, workload, placement), not a run's config
+        from erl_mega.plan.command import plan_main
+
+        return plan_main(args[1:])
     if args and args[0] == "serve":  # a rollout server process: its own small key=value config
         from erl_mega.rollout.server.serve import main as serve
 
@@ -55,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args[0] == "train":
         from erl_mega.run import train
+        from erl_mega.run_dir import RunDirError
 
-        train(cfg)
+        try:
+            train(cfg)
+        except RunDirError as err:
+            print(f"erl-mega: {err}", file=sys.stderr)
+            return 2
     elif args[0] == "eval":
         from erl_mega.run import evaluate_policy
 

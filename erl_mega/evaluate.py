@@ -19,11 +19,25 @@ class EvalResult:
     episodes: tuple[Trajectory, ...]
 
 
+def held_out_seeds(make_env, num_tasks: int, start: int = 0) -> list[int]:
+    """The first `num_tasks` held-out seeds from index `start` whose tasks differ in content (deduplicated)."""
+    env, seen, seeds, index = make_env(), set(), [], start
+    while len(seeds) < num_tasks:
+        content = env.reset(task_seed("test", index)).text
+        if content not in seen:
+            seen.add(content)
+            seeds.append(task_seed("test", index))
+        index += 1
+        if index - start > 100 * num_tasks + 1000:
+            raise ValueError(f"only {len(seeds)} distinct held-out tasks; asked for {num_tasks}")
+    return seeds
+
+
 def evaluate(make_env, engine, chat, initial_prompt: str, action_format: str, num_tasks: int, max_new_tokens: int,
-             max_context: int, tau: float = 1.0) -> EvalResult:
-    """Greedy first attempts on the first `num_tasks` held-out seeds (disjoint from training seeds)."""
+             max_context: int, tau: float = 1.0, seed_start: int = 0) -> EvalResult:
+    """Greedy first attempts on `num_tasks` distinct held-out tasks (disjoint from training tasks by content)."""
     system = with_action_format(initial_prompt, action_format)
-    specs = [EpisodeSpec(task_seed("test", i), system, i) for i in range(num_tasks)]
+    specs = [EpisodeSpec(seed, system, i) for i, seed in enumerate(held_out_seeds(make_env, num_tasks, seed_start))]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=chat.stop_ids)
     episodes = play_episodes(make_env, engine, chat, specs, params, max_context)
     n = max(len(episodes), 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from rich.console import Console
 
 from erl_mega.config.schema import RunConfig
@@ -22,8 +24,9 @@ def export_hf(cfg: RunConfig) -> Path:
     if checkpoint is None:
         raise ValueError(f"out_dir={str(out)!r} holds no checkpoint to export (train with checkpoint_every > 0)")
     policy_dir = resolve_policy(cfg, Console(quiet=not is_leader()))
-    loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef, temperature=cfg.rollout.temperature)
-    trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed)
+    loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)
+    params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16  # as the run trained
+    trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed, params_dtype=params_dtype)
     load_checkpoint(checkpoint, trainer)
     state = trainer.hf_state()
     dest = out / "hf"

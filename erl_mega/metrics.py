@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -15,7 +16,7 @@ class MetricsLog:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "metrics.jsonl"
         if self.path.exists():  # on resume, drop lines past the checkpoint so the log has no repeats
-            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= resume_step]
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r["step"] <= resume_step]
             self.path.write_text("".join(l + "\n" for l in kept))
         self.tb = SummaryWriter(str(out_dir / "tensorboard"))
 
@@ -31,5 +32,19 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """All logged steps, in order."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    """All logged steps, in order. A torn last line (a kill mid-write) is dropped and said; a bad line
+    before it is damage nobody should train past, so it is an error naming the line."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("no integer 'step'")
+        except ValueError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not a metrics record ({err})") from None
+            print(f"erl-mega: {path}: dropped a torn last line ({len(line)} bytes, a run killed mid-write)", file=sys.stderr)
+            break
+        rows.append(row)
+    return rows

@@ -29,6 +29,7 @@ from erl_mega.config.schema import RunConfig
 from erl_mega.envs.base import Env, make_env, task_seed
 from erl_mega.evaluate import EvalResult, evaluate
 from erl_mega.metrics import MetricsLog
+from erl_mega.run_dir import RunLock, check_out_dir, claim_for_run
 from erl_mega.model.gguf import ensure_converted
 from erl_mega.model.hf_io import load_hf_config, load_tokenizer
 from erl_mega.model.warmup import ensure_base_policy
@@ -102,7 +103,7 @@ def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> C
 def run_eval(c: Components) -> EvalResult:
     """Held-out first-attempt evaluation of whatever weights the engine holds."""
     return evaluate(c.make_env, c.engine, c.chat, c.cfg.env.initial_prompt, c.action_format, c.cfg.eval_tasks,
-                    c.cfg.rollout.max_new_tokens, c.max_context, c.cfg.algo.success_threshold)
+                    c.cfg.rollout.max_new_tokens, c.max_context, c.cfg.algo.success_threshold, c.cfg.eval_seed_start)
 
 
 def train(cfg: RunConfig) -> dict[str, dict] | None:
@@ -114,20 +115,29 @@ def train(cfg: RunConfig) -> dict[str, dict] | None:
     """
     init_parallel(cfg.trainer.tp, cfg.trainer.pp, cfg.seed)
     leader = is_leader()
-    console = Console(quiet=not leader)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not leader:
+        return _train(cfg, out, leader)
+    check_out_dir(out)
+    with RunLock(out):
+        claim_for_run(out, cfg.resume, cfg.overwrite)
+        return _train(cfg, out, leader)
+
+
+def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
+    console = Console(quiet=not leader)
     policy_dir = resolve_policy(cfg, console)
-    loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef, temperature=cfg.rollout.temperature)
-    trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed)
+    loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)  # rows carry their own sampling temperature
+    params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
+    trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed, params_dtype=params_dtype)
     c = build(cfg, console, policy_dir) if leader else None
     engines = [c.engine] if leader else []
     sync = InProcessWeightSync()
-    memory, start, base_eval = ReflectionMemory(cfg.algo.memory_capacity), 0, None
+    memory, start, base_eval, env_steps = ReflectionMemory(cfg.algo.memory_capacity), 0, None, 0
     checkpoint = latest_checkpoint(out) if cfg.resume else None
     if checkpoint is not None:
         memory, state = load_checkpoint(checkpoint, trainer)
-        start, base_eval = state["step"], state.get("base_eval")
+        start, base_eval, env_steps = state["step"], state.get("base_eval"), state.get("env_steps", 0)
         sync.push(trainer, engines)
         console.print(f"resumed from {checkpoint} at step {start}")
     if leader and base_eval is None:
@@ -137,14 +147,21 @@ def train(cfg: RunConfig) -> dict[str, dict] | None:
     with progress_bar(console) as bar:
         task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
         for step in range(start + 1, cfg.steps + 1):
+            if cfg.env_step_budget and env_steps >= cfg.env_step_budget:
+                break
             metrics = train_step(step, cfg, workflow, trainer, sync, c)
+            env_steps += int(broadcast_from_leader(metrics.get("env_steps", 0.0)))
             if leader:
+                metrics["env_steps_total"] = float(env_steps)
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    metrics["heldout_success"] = run_eval(c).success
                 log.write(step, metrics)
                 bar.update(task, advance=1, info=_summary(metrics))
                 if not console.is_terminal:  # logs (CI, SLURM) get a line per step instead of a live bar
                     console.print(f"step {step}/{cfg.steps}: {_summary(metrics)}")
-            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                save_checkpoint(out, step, trainer, memory, {"base_eval": base_eval})
+            last = step == cfg.steps or (cfg.env_step_budget and env_steps >= cfg.env_step_budget)
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or last):
+                save_checkpoint(out, step, trainer, memory, {"base_eval": base_eval, "env_steps": env_steps})
     if not leader:
         return None
     log.close()
@@ -161,7 +178,7 @@ def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> Er
     """The ERL workflow over the leader's engine, with the run's sampling settings."""
     r = cfg.rollout
     act = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, c.chat.stop_ids)
-    reflect = SamplingParams(r.reflect_max_new_tokens, r.temperature, r.top_p, c.chat.stop_ids)
+    reflect = SamplingParams(r.reflect_max_new_tokens, r.reflect_temperature, r.reflect_top_p, c.chat.stop_ids)
     return ErlWorkflow(cfg.algo, c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act, reflect,
                        c.max_context, memory)
 
@@ -176,12 +193,15 @@ def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Component
     rows = policy_rows(episodes, cfg.algo.advantage)
     if cfg.algo.name == "erl" and not cfg.algo.no_distill:
         initial = Segment(c.chat.system(with_action_format(cfg.env.initial_prompt, c.action_format)))
-        rows += distill_rows(episodes, initial)
+        rows += distill_rows(episodes, initial, cfg.algo.distill)
     batch = collate(rows, c.chat.tokenizer.pad_token_id)
-    sampled = float((batch.loss_mask * (~batch.is_distill)[:, None]).sum())
+    distilled = torch.tensor([r.role == "distill" or r.kind == "distill" for r in rows])
+    sampled = float((batch.loss_mask * (~distilled)[:, None]).sum())
     return batch, episodes.metrics | {
         "rows": float(batch.num_rows),
-        "distill_rows": float(batch.is_distill.sum()),
+        "distill_rows": float(distilled.sum()),
+        "distill_token_share": float((batch.loss_mask * distilled[:, None]).sum()) / max(float(batch.loss_mask.sum()), 1.0),
+        "env_steps": float(sum(len(tr.turns) for t in episodes.tasks for tr in t.attempt1 + t.attempt2)),
         "time_rollout": rollout_seconds,
         "rollout_tokens_per_s": sampled / max(rollout_seconds, 1e-9),
     }

@@ -22,13 +22,14 @@ def fused_policy_loss(
     hidden: Tensor,
     weight: Tensor,
     targets: Tensor,
-    old_logp: Tensor,
+    old_logp: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
     cfg: PolicyLossConfig,
     *,
     ref_logp: Tensor | None = None,
     rollout_logp: Tensor | None = None,
+    logp_coef: Tensor | None = None,
     cu_seqlens: Tensor | None = None,
     temperature: float = 1.0,
     group: dist.ProcessGroup | None = None,
@@ -40,15 +41,19 @@ def fused_policy_loss(
     loss and d(hidden) are the unsharded ones on every rank: do not also all-reduce d(hidden));
     targets (int), old_logp, advantages, mask (float) and the optional ref_logp / rollout_logp
     are [B, T] or [N], position t scoring the token at t. Targets must be valid ids at masked
-    positions too.
+    positions too. old_logp None: on-policy (old = the current log-probs, detached, ratio 1).
+    logp_coef [B, T] or [N] adds sum(logp_coef * logp) to the loss, e.g. a distillation term folded
+    into the same pass (-weight per token); metrics["policy_loss"] excludes it.
     """
     if hidden.is_cuda:
+        if cfg.off_policy.mode is not None:
+            raise NotImplementedError("algo.loss.off_policy on the Triton path; use tis_cap there (token-level TIS)")
         from erl_mega.kernels.fused_linear_logprob import fused_policy_loss_triton as impl
     else:
         impl = fused_policy_loss_reference
     return impl(
         hidden, weight, targets, old_logp, advantages, mask, cfg, ref_logp=ref_logp, rollout_logp=rollout_logp,
-        cu_seqlens=cu_seqlens, temperature=temperature, group=group,
+        logp_coef=logp_coef, cu_seqlens=cu_seqlens, temperature=temperature, group=group,
     )
 
 

@@ -31,6 +31,7 @@ def _policy_token_kernel(
     adv_ptr,
     ref_ptr,
     rollout_ptr,
+    coef_ptr,
     mask_ptr,
     agg_ptr,
     per_token_ptr,
@@ -45,16 +46,25 @@ def _policy_token_kernel(
     kl_coef,
     entropy_coef,
     tis_cap,
+    HAS_OLD: tl.constexpr,
+    HAS_COEF: tl.constexpr,
     HAS_DUAL: tl.constexpr,
     HAS_TIS: tl.constexpr,
     KL_KIND: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Per-token loss, clipped flag and KL, and d(aggregated loss)/d(logp), d(.)/d(entropy)."""
+    """Per-token loss, clipped flag and KL, and d(aggregated loss)/d(logp), d(.)/d(entropy).
+
+    Without old log-probs the update is on-policy (old = logp, detached); a per-token coefficient
+    adds coef * logp to the loss outside the policy mask's aggregation (distillation rows).
+    """
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n
     logp = tl.load(logp_ptr + offs, mask=valid, other=0.0)
-    old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    if HAS_OLD:
+        old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    else:
+        old = logp
     adv = tl.load(adv_ptr + offs, mask=valid, other=0.0).to(tl.float32)
     entropy = tl.load(entropy_ptr + offs, mask=valid, other=0.0)
     live = tl.load(mask_ptr + offs, mask=valid, other=0.0).to(tl.float32) != 0
@@ -101,7 +111,10 @@ def _policy_token_kernel(
     loss = loss - entropy_coef * entropy
     tl.store(per_token_ptr + offs, tl.where(live, loss, 0.0), mask=valid)
     tl.store(clipped_ptr + offs, (was_clipped & live).to(tl.float32), mask=valid)
-    tl.store(g_logp_ptr + offs, tl.where(live, agg * d_loss, 0.0), mask=valid)
+    g_logp = tl.where(live, agg * d_loss, 0.0)
+    if HAS_COEF:
+        g_logp += tl.load(coef_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    tl.store(g_logp_ptr + offs, g_logp, mask=valid)
     tl.store(g_entropy_ptr + offs, -entropy_coef * agg, mask=valid)
 
 
@@ -120,6 +133,7 @@ def _policy_coefs(tokens: dict, agg: Tensor, out: dict[str, Tensor], cfg: Policy
             part["advantages"],
             part["ref_logp"],
             part["rollout_logp"],
+            part["logp_coef"],
             part["mask"],
             agg[start:end],
             out["per_token"][start:end],
@@ -134,6 +148,8 @@ def _policy_coefs(tokens: dict, agg: Tensor, out: dict[str, Tensor], cfg: Policy
             cfg.kl_coef,
             cfg.entropy_coef,
             cfg.tis_cap or 0.0,
+            HAS_OLD=tokens["old_logp"] is not None,
+            HAS_COEF=tokens["logp_coef"] is not None,
             HAS_DUAL=cfg.dual_clip is not None,
             HAS_TIS=has_tis,
             KL_KIND=kl_kind,
@@ -164,9 +180,11 @@ class _PolicyLossFunction(torch.autograd.Function):
             chunk_rows=chunk_rows,
         )
         ctx.save_for_backward(result.grad_hidden, result.grad_weight)
-        loss = (agg * out["per_token"]).sum()
-        ctx.mark_non_differentiable(result.logp, result.entropy, out["clipped"], out["kl"])
-        return loss, result.logp, result.entropy, out["clipped"], out["kl"]
+        policy = (agg * out["per_token"]).sum()
+        coef = tokens["logp_coef"]
+        loss = policy.clone() if coef is None else policy + (coef * result.logp).sum()  # a tensor of its own
+        ctx.mark_non_differentiable(result.logp, result.entropy, out["clipped"], out["kl"], policy)
+        return loss, result.logp, result.entropy, out["clipped"], out["kl"], policy
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
@@ -181,13 +199,14 @@ def fused_policy_loss_triton(
     hidden: Tensor,
     weight: Tensor,
     targets: Tensor,
-    old_logp: Tensor,
+    old_logp: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
     cfg: PolicyLossConfig,
     *,
     ref_logp: Tensor | None = None,
     rollout_logp: Tensor | None = None,
+    logp_coef: Tensor | None = None,
     cu_seqlens: Tensor | None = None,
     temperature: float = 1.0,
     group: dist.ProcessGroup | None = None,
@@ -196,7 +215,8 @@ def fused_policy_loss_triton(
     """The policy loss of `policy_loss(token_logprobs(hidden @ weight.T / T), ...)` without [N, V] logits.
 
     hidden [B, T, H] padded (rows are sequences) or [N, H] packed with cu_seqlens [S + 1]; weight
-    [V, H] (or this rank's [V / tp, H] shard with `group`); per-token tensors [B, T] or [N].
+    [V, H] (or this rank's [V / tp, H] shard with `group`); per-token tensors [B, T] or [N];
+    old_logp None: on-policy; logp_coef adds sum(logp_coef * logp) to the loss (not to `policy_loss`).
     """
     if cfg.kl_coef > 0 and ref_logp is None:
         raise ValueError("kl_coef > 0 needs reference log-probs (ref_logp)")
@@ -209,9 +229,10 @@ def fused_policy_loss_triton(
         mask=mask,
         ref_logp=ref_logp,
         rollout_logp=rollout_logp,
+        logp_coef=logp_coef,
     )
     tokens = {k: v.contiguous() if v is not None else None for k, v in tokens.items()}
-    loss, logp, entropy, clipped, kl = _PolicyLossFunction.apply(
+    loss, logp, entropy, clipped, kl, policy = _PolicyLossFunction.apply(
         flat_hidden, weight, tokens, cu, cfg, temperature, group, chunk_rows, torch.is_grad_enabled()
     )
     flat_mask = tokens["mask"].float()
@@ -219,7 +240,7 @@ def fused_policy_loss_triton(
     if cfg.kl_coef > 0:
         metrics["kl"] = _token_mean(kl, flat_mask)
     metrics["entropy"] = _token_mean(entropy, flat_mask)
-    metrics["policy_loss"] = loss.detach()
+    metrics["policy_loss"] = policy.detach()
     return PolicyLossOutput(
         loss=loss, metrics=metrics, logp=logp.view(targets.shape), entropy=entropy.view(targets.shape)
     )

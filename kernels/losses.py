@@ -77,6 +77,67 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
     return KL_ESTIMATORS[kind](logp, ref_logp)
 
 
+# ---- off-policy correction --------------------------------------------------------------------
+
+
+def _log_ratio_token(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    return log_ratio
+
+
+def _log_ratio_sequence(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    return (log_ratio * mask).sum(-1, keepdim=True).expand_as(log_ratio)
+
+
+def _log_ratio_geometric(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    mean = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1.0)
+    return mean.expand_as(log_ratio)
+
+
+# How a row's per-token log-ratios log(pi_old / pi_rollout) become the log-weight of each token.
+IS_LEVELS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "token": _log_ratio_token,  # w_t = pi_old(y_t) / pi_rollout(y_t)
+    "sequence": _log_ratio_sequence,  # w = prod_t w_t, one weight for the whole row
+    "geometric": _log_ratio_geometric,  # w = (prod_t w_t)^(1/|y|), the length-normalised row weight
+}
+IS_MODES = ("truncate", "mask")  # TIS: min(w, cap); MIS: w where floor <= w <= cap, else the token drops
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig:
+    """Importance sampling of stale / mismatched rollouts toward the trainer's old policy (verl, slime, AReaL)."""
+
+    mode: str | None = None  # None: no correction | truncate (TIS) | mask (MIS)
+    level: str = "token"  # token | sequence | geometric
+    cap: float = 2.0  # upper threshold on w (TIS caps at it; MIS drops above it)
+    floor: float = 0.0  # MIS lower threshold: w below it drops (0: none)
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in IS_MODES:
+            raise ValueError(f"off_policy.mode={self.mode!r}; choose null or one of {list(IS_MODES)}")
+        if self.level not in IS_LEVELS:
+            raise ValueError(f"off_policy.level={self.level!r}; choose one of {sorted(IS_LEVELS)}")
+        if not 0 <= self.floor < self.cap:
+            raise ValueError(f"off_policy.floor={self.floor}, cap={self.cap}; need 0 <= floor < cap")
+
+
+def off_policy_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, cfg: OffPolicyConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """Detached per-token weights [B, T] on the policy-gradient term, and their statistics over loss tokens."""
+    log_ratio = ((old_logp - rollout_logp) * mask).detach()
+    # +-20 on the log-weight, as verl: a sequence of hundreds of tokens must not overflow exp().
+    raw = IS_LEVELS[cfg.level](log_ratio, mask).clamp(-20.0, 20.0).exp()
+    if cfg.mode == "truncate":
+        weights, dropped = raw.clamp(max=cfg.cap), torch.zeros_like(raw, dtype=torch.bool)
+    else:
+        dropped = (raw > cfg.cap) | (raw < cfg.floor)
+        weights = torch.where(dropped, torch.zeros_like(raw), raw)
+    metrics = {
+        "is_weight_mean": _token_mean(raw, mask),
+        "is_truncated_frac": _token_mean((raw > cfg.cap).float(), mask),
+        "is_dropped_frac": _token_mean(dropped.float(), mask),
+    }
+    return weights * mask, metrics
+
+
 # ---- policy loss ------------------------------------------------------------------------------
 
 
@@ -92,6 +153,7 @@ class PolicyLossConfig:
     entropy_coef: float = 0.0
     aggregation: str = "seq-mean-token-sum"
     tis_cap: float | None = None  # truncated importance weight between trainer and rollout log-probs
+    off_policy: OffPolicyConfig = OffPolicyConfig()  # TIS / MIS per token or sequence (stale async rows)
 
     def __post_init__(self) -> None:
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
@@ -104,6 +166,8 @@ class PolicyLossConfig:
             raise ValueError(f"aggregation={self.aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
         if self.tis_cap is not None and self.tis_cap <= 0:
             raise ValueError(f"tis_cap={self.tis_cap}; must be > 0 or None")
+        if self.tis_cap is not None and self.off_policy.mode is not None:
+            raise ValueError("tis_cap and off_policy.mode both correct toward the rollout policy; set one")
 
 
 def ppo_clip_per_token(logp: Tensor, old_logp: Tensor, advantages: Tensor, cfg: PolicyLossConfig) -> tuple[Tensor, Tensor]:
@@ -139,6 +203,10 @@ def policy_loss(
         # different distribution than the trainer computes (numerics, stale weights).
         per_token = per_token * (old_logp - rollout_logp).exp().clamp(max=cfg.tis_cap).detach()
     metrics: dict[str, Tensor] = {"clip_frac": _token_mean(was_clipped.float(), mask).detach()}
+    if cfg.off_policy.mode is not None and rollout_logp is not None:
+        weights, is_metrics = off_policy_weights(old_logp, rollout_logp, mask, cfg.off_policy)
+        per_token = per_token * weights
+        metrics |= is_metrics
     if cfg.kl_coef > 0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs reference log-probs (ref_logp)")

@@ -43,13 +43,14 @@ def fused_policy_loss_reference(
     hidden: Tensor,
     weight: Tensor,
     targets: Tensor,
-    old_logp: Tensor,
+    old_logp: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
     cfg: PolicyLossConfig,
     *,
     ref_logp: Tensor | None = None,
     rollout_logp: Tensor | None = None,
+    logp_coef: Tensor | None = None,
     cu_seqlens: Tensor | None = None,
     temperature: float = 1.0,
     group: dist.ProcessGroup | None = None,
@@ -62,6 +63,7 @@ def fused_policy_loss_reference(
         mask=mask,
         ref_logp=ref_logp,
         rollout_logp=rollout_logp,
+        logp_coef=logp_coef,
     )
     flat_hidden, cu, flat = flatten_tokens(hidden, cu_seqlens, **per_token)  # validates either layout
     if hidden.dim() == 2:  # packed: pad to [S, T_max] for the row-wise aggregations
@@ -71,9 +73,10 @@ def fused_policy_loss_reference(
     logp = token_logprobs(logits, per_token["targets"].long(), temperature)
     with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.entropy_coef > 0):
         entropy = token_entropy(logits, temperature)
+    old = per_token["old_logp"]
     loss, metrics = policy_loss(
         logp,
-        per_token["old_logp"],
+        logp.detach() if old is None else old,
         per_token["advantages"],
         per_token["mask"].float(),
         cfg,
@@ -81,6 +84,8 @@ def fused_policy_loss_reference(
         entropy=entropy,
         rollout_logp=per_token["rollout_logp"],
     )
+    if logp_coef is not None:
+        loss = loss + (per_token["logp_coef"] * logp).sum()
     if cu_seqlens is not None:  # back to the packed [N] layout
         valid = torch.arange(logp.shape[1], device=logp.device) < (cu[1:] - cu[:-1])[:, None]
         logp, entropy = logp[valid], entropy[valid]

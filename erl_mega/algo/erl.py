@@ -3,11 +3,14 @@
     for each task (an environment seed):
         attempt 1: n rollouts with the initial system prompt; success = reward >= tau
         if every rollout succeeded: train attempt 1 only
-        else, n times: reflect (memory or initial prompt, batch metrics, traces, feedback) -> <prompt>
+        else, n times: reflect (memory or initial prompt, the task, recent attempts step by step with
+                       their feedback, batch metrics) -> <prompt>
                        attempt 2: replay the same seed from scratch under the reflection
                        if attempt 2 succeeded: memory <- reflection
     train attempt 1, reflection and attempt 2 with group-relative advantages per role and task;
-    distil successful attempts 2 into the initial prompt (context distillation), weighted by r2.
+    distil successful attempts 2 into the initial prompt (context distillation): by default ordinary rows
+    of the same PPO loss with advantage max(r2, 0) (RAFT, as the reference), or a separate SFT term.
+A request that cannot fit the reflection budget skips that task's reflection (counted), never the run.
 
 The workflow only speaks to the `RolloutEngine` and `Env` contracts; it knows nothing of training.
 """
@@ -20,14 +23,15 @@ from typing import Callable
 
 from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.algo.memory import ReflectionMemory
-from erl_mega.algo.prompts import parse_reflection, reflection_request, REFLECTION_SYSTEM, with_action_format
+from erl_mega.algo.prompts import REFLECTION_ASK, REFLECTION_SYSTEM, parse_reflection, reflection_request, with_action_format
 from erl_mega.envs.base import Env
-from erl_mega.rollout.agent_loop import EpisodeSpec, complete_once, play_episodes
+from erl_mega.rollout.agent_loop import EpisodeSpec, complete_once, play_episodes, prompt_tokens
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import RolloutEngine, SamplingParams
 from erl_mega.rollout.trajectory import Trajectory
 
 ALGORITHMS = ("erl", "grpo")
+DISTILL_MODES = ("raft", "separate")  # raft: PPO rows with advantage max(r, 0); separate: the SFT term
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,15 @@ class ErlConfig:
     name: str = "erl"
     n_rollouts: int = 4
     success_threshold: float = 1.0  # tau
-    no_reflection: bool = False  # ablation: attempt 2 retries under the current prompt, no reflection rows
+    no_reflection: bool = False  # ablation (the paper's): attempt 2 sees the prompt plus the raw attempts, no reflection call
     no_memory: bool = False  # ablation: every reflection starts from the initial prompt
     no_distill: bool = False  # ablation: no context-distillation rows
-    traces_in_reflection: int = 2
+    reflection_attempts: int = 8  # recent attempts shown to the reflection
+    reflection_tokens: int = 768  # token budget of the reflection prompt (also capped by the context)
     memory_capacity: int = 16
     advantage: str = "grpo"  # grpo | drgrpo
-    distill_coef: float = 1.0
+    distill: str = "raft"  # raft | separate
+    distill_coef: float = 1.0  # weight of the separate distillation term (distill=separate)
     loss: PolicyLossConfig = PolicyLossConfig()
 
     def __post_init__(self) -> None:
@@ -53,8 +59,12 @@ class ErlConfig:
             raise ValueError(f"algo.advantage={self.advantage!r}; choose 'grpo' or 'drgrpo'")
         if self.n_rollouts < 1:
             raise ValueError(f"algo.n_rollouts={self.n_rollouts}; must be >= 1")
-        if self.traces_in_reflection < 1:
-            raise ValueError(f"algo.traces_in_reflection={self.traces_in_reflection}; must be >= 1")
+        if self.reflection_attempts < 1:
+            raise ValueError(f"algo.reflection_attempts={self.reflection_attempts}; must be >= 1")
+        if self.reflection_tokens < 1:
+            raise ValueError(f"algo.reflection_tokens={self.reflection_tokens}; must be >= 1")
+        if self.distill not in DISTILL_MODES:
+            raise ValueError(f"algo.distill={self.distill!r}; choose one of {list(DISTILL_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -109,11 +119,12 @@ class ErlWorkflow:
 
         base = self.initial_prompt if self.cfg.no_memory else self.memory.current(self.initial_prompt)
         clock = time.perf_counter()
-        reflections, prompts, missing = self._reflect(failed, attempt1, base, success1, sample_seed)
+        reflections, prompts, missing, skipped = self._reflect(failed, attempt1, base, success1, sample_seed)
         seconds_reflect = time.perf_counter() - clock
+        retried = [t for t in failed if t not in skipped]
         specs2 = [
             EpisodeSpec(env_seeds[t], with_action_format(prompts[k * n + i], self.action_format), _sseed(sample_seed, 2, t, i))
-            for k, t in enumerate(failed)
+            for k, t in enumerate(retried)
             for i in range(n)
         ]
         clock = time.perf_counter()
@@ -122,22 +133,21 @@ class ErlWorkflow:
         updates = 0
         for j, (second, prompt) in enumerate(zip(flat2, prompts)):
             if reflections:  # memory <- a reflection whose attempt 2 succeeded; its reward is r2
-                if second.reward >= tau and not reflections[j].meta["tag_missing"]:
+                if second.reward >= tau and not reflections[j].meta["tag_missing"] and not self.cfg.no_memory:
                     updates += 1
-                    if not self.cfg.no_memory:
-                        self.memory.add(prompt)
+                    self.memory.add(prompt)
                 reflections[j] = replace(reflections[j], reward=second.reward)
-        retried = {t: slice(k * n, (k + 1) * n) for k, t in enumerate(failed)}
+        slices = {t: slice(k * n, (k + 1) * n) for k, t in enumerate(retried)}
         tasks = [
-            TaskEpisodes(seed, attempt1[t], tuple(reflections[retried[t]]), tuple(flat2[retried[t]]))
-            if t in retried
+            TaskEpisodes(seed, attempt1[t], tuple(reflections[slices[t]]), tuple(flat2[slices[t]]))
+            if t in slices
             else TaskEpisodes(seed, attempt1[t])
             for t, seed in enumerate(env_seeds)
         ]
-        success2 = sum(tr.reward >= tau for tr in flat2) / len(flat2)
         metrics |= {
-            "attempt2_success": success2,
-            "reflection_rate": 0.0 if self.cfg.no_reflection else len(failed) * n / len(flat1),
+            "attempt2_success": sum(tr.reward >= tau for tr in flat2) / max(len(flat2), 1),
+            "reflection_rate": 0.0 if self.cfg.no_reflection else len(retried) * n / len(flat1),
+            "reflection_skipped": float(len(skipped)),
             "tag_missing_rate": missing / max(len(reflections), 1),
             "memory_updates": float(updates),
             "memory_size": float(len(self.memory.entries)),
@@ -151,30 +161,39 @@ class ErlWorkflow:
 
     def _reflect(
         self, failed: list[int], attempt1: list[tuple[Trajectory, ...]], base: str, success1: float, sample_seed: int
-    ) -> tuple[list[Trajectory], list[str], int]:
-        """n reflections per failed task; returns them, the attempt-2 prompts and the missing-tag count."""
-        n = self.cfg.n_rollouts
-        if self.cfg.no_reflection:
-            return [], [base] * (len(failed) * n), 0
-        conversations, seeds = [], []
+    ) -> tuple[list[Trajectory], list[str], int, set[int]]:
+        """n reflections per failed task: them, the attempt-2 prompts, the missing-tag count, the skipped tasks."""
+        n, env = self.cfg.n_rollouts, self.make_env()
+        if self.cfg.no_reflection:  # the paper's ablation: the raw attempts go straight into attempt 2's prompt
+            budget = self.max_context // 2
+            shown = {t: self._request(attempt1[t], base, success1, env, budget, lambda text: len(self.chat.system(text)), ask="")
+                     for t in failed}
+            return [], [shown[t] for t in failed if shown[t] is not None for _ in range(n)], 0, {
+                t for t in failed if shown[t] is None}
+        budget = min(self.cfg.reflection_tokens, self.max_context - self.reflect_params.max_new_tokens)
+        conversations, seeds, skipped = [], [], set()
         for t in failed:
-            shown = _traces(attempt1[t], self.cfg.success_threshold, self.cfg.traces_in_reflection)
-            request = reflection_request(base, success1, shown)
+            request = self._request(attempt1[t], base, success1, env, budget,
+                                    lambda text: prompt_tokens(self.chat, REFLECTION_SYSTEM, text))
+            if request is None:
+                skipped.add(t)
+                continue
             conversations += [(REFLECTION_SYSTEM, request)] * n
             seeds += [_sseed(sample_seed, 1, t, i) for i in range(n)]
-        raw = complete_once(self.engine, self.chat, conversations, self.reflect_params, seeds, self.max_context)
+        raw = complete_once(self.engine, self.chat, conversations, self.reflect_params, seeds, self.max_context) if seeds else []
         reflections, prompts, missing = [], [], 0
         for tr in raw:
             parsed = parse_reflection(tr.turns[0].reply, base)
             missing += parsed.tag_missing
             prompts.append(parsed.prompt)
             reflections.append(replace(tr, meta={"tag_missing": parsed.tag_missing, "prompt": parsed.prompt}))
-        return reflections, prompts, missing
+        return reflections, prompts, missing, skipped
 
-
-def _traces(group: tuple[Trajectory, ...], tau: float, k: int) -> list[Trajectory]:
-    """The attempts a reflection reads: failures first, at most k."""
-    return sorted(group, key=lambda tr: tr.reward >= tau)[:k]
+    def _request(self, group: tuple[Trajectory, ...], base: str, success1: float, env: Env, budget: int,
+                 count: Callable[[str], int], ask: str = REFLECTION_ASK) -> str | None:
+        """One task's request within `budget` tokens (None: it cannot fit), parsed with the environment's parser."""
+        return reflection_request(base, list(group), success1, env.parse_action, count, budget,
+                                  self.cfg.reflection_attempts, ask)
 
 
 def _sseed(base: int, phase: int, task: int, rollout: int) -> int:

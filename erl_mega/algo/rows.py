@@ -40,11 +40,17 @@ def policy_rows(episodes: Episodes, mode: str = "grpo") -> list[TrainRow]:
     return [TrainRow(tr, "policy", role, float(a)) for tr, role, a in zip(trajectories, roles, adv)]
 
 
-def distill_rows(episodes: Episodes, initial_system: Segment) -> list[TrainRow]:
-    """Successful attempts 2 re-paired with the initial system prompt (context distillation), weight r2."""
-    return [
-        TrainRow(tr.with_system(initial_system), "distill", "attempt2", weight=tr.reward)
-        for task in episodes.tasks
-        for tr in task.attempt2
-        if tr.reward > 0
-    ]
+def distill_rows(episodes: Episodes, initial_system: Segment, mode: str = "raft") -> list[TrainRow]:
+    """Successful attempts 2 re-paired with the initial system prompt (context distillation).
+
+    `raft` (the reference): ordinary rows of the PPO loss with advantage max(r2, 0) on every sampled token,
+    so they share its normalisation and KL; `separate`: rows of the separate SFT term, weight r2.
+    """
+    rows = []
+    for task in episodes.tasks:
+        for tr in task.attempt2:
+            if tr.reward > 0:
+                distilled = tr.with_system(initial_system)
+                rows.append(TrainRow(distilled, "policy", "distill", advantage=max(tr.reward, 0.0)) if mode == "raft"
+                            else TrainRow(distilled, "distill", "attempt2", weight=tr.reward))
+    return rows

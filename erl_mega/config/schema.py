@@ -98,12 +98,15 @@ class RolloutConfig:
     max_new_tokens: int
     reflect_max_new_tokens: int
     max_batch_size: int
+    reflect_temperature: float = 0.5  # the reflection role's sampling (the reference: 0.5 / 0.9)
+    reflect_top_p: float = 0.9
 
     def __post_init__(self) -> None:
         if self.backend != "local":
             raise ValueError(f"rollout.backend={self.backend!r}; choose 'local'")
-        if self.temperature <= 0:
-            raise ValueError(f"rollout.temperature={self.temperature}; training rollouts need > 0")
+        for name in ("temperature", "reflect_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"rollout.{name}={getattr(self, name)}; training rollouts need > 0")
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,16 @@ class RunConfig:
     algo: ErlConfig
     trainer: TrainerConfig
     rollout: RolloutConfig
+    eval_every: int = 0  # steps between held-out evaluations logged as heldout_success; 0: start and end only
+    eval_seed_start: int = 0  # first held-out task index (the study's fresh seeds)
+    env_step_budget: int = 0  # stop once this many environment steps were sampled; 0: run all `steps`
+    overwrite: bool = False  # a fresh run may replace another run's files in out_dir (else it refuses)
 
     def __post_init__(self) -> None:
         for name in ("steps", "tasks_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be >= 1")
-        for name in ("checkpoint_every", "eval_tasks"):
+        for name in ("checkpoint_every", "eval_tasks", "eval_every", "eval_seed_start", "env_step_budget"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; must be >= 0")
 

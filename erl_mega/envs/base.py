@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -34,6 +35,10 @@ class Env(Protocol):
     def reset(self, seed: int) -> Observation: ...
 
     def step(self, action: str) -> StepResult: ...
+
+    def parse_action(self, reply: str) -> str | None:
+        """The action `step` would play for `reply` (None when it is malformed): the only parser of replies."""
+        ...
 
 
 EnvFactory = Callable[..., Env]
@@ -82,3 +87,30 @@ def task_seed(split: str, index: int) -> int:
     if not 0 <= index < TEST_SEED_OFFSET:
         raise ValueError(f"task index {index} outside [0, {TEST_SEED_OFFSET})")
     return index if split == "train" else TEST_SEED_OFFSET + index
+
+
+HELD_OUT_SHARE = 8  # one task content in 8 is held out: contents, not seeds, decide the split
+
+
+def content_split(content: str) -> str:
+    """'test' for the 1-in-8 contents that are held out, else 'train': disjoint by content for any seeds."""
+    return "test" if hashlib.sha256(content.encode()).digest()[0] % HELD_OUT_SHARE == 0 else "train"
+
+
+def split_of(seed: int) -> str:
+    """The split a seed draws its content from."""
+    return "train" if seed < TEST_SEED_OFFSET else "test"
+
+
+def tag_blocks(text: str, open_tag: str, close_tag: str, ignore_case: bool = False) -> list[str]:
+    """What `re.findall(open(.*?)close, DOTALL)` returns, in linear time (no rescans of unclosed tags)."""
+    hay = text.lower() if ignore_case else text
+    opener, closer = (open_tag.lower(), close_tag.lower()) if ignore_case else (open_tag, close_tag)
+    blocks, at = [], 0
+    while (start := hay.find(opener, at)) >= 0:
+        end = hay.find(closer, start + len(opener))
+        if end < 0:
+            break  # no later opener can be closed either
+        blocks.append(text[start + len(opener) : end])
+        at = end + len(closer)
+    return blocks

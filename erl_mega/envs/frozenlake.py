@@ -1,22 +1,27 @@
 """FrozenLake as a multi-turn text game, on gymnasium's non-slippery FrozenLake.
 
-Symbols are remapped so the rules are not given away by the letters (no "H" for hole, "G" for goal):
-the agent must learn from feedback which cells end the episode. One action per turn, answered as
-`<action>up</action>` (up/down/left/right); anything else is an invalid move that uses the turn.
+As the reference: one map per seed, side 2-9, frozen probability ~ U(0.6, 0.85), checked solvable within
+the step limit. Symbols are remapped so the rules are not given away by the letters (no "H" for hole,
+"G" for goal): the agent must learn from feedback which cells end the episode. One action per turn,
+answered as `<action>up</action>` (up/down/left/right); anything else is an invalid move that uses the turn.
+Held-out maps are disjoint from training maps by content (`content_split`), not only by seed.
 """
 
 from __future__ import annotations
 
+import random
 import re
+from collections import deque
 
 import gymnasium as gym
 from gymnasium.envs.toy_text.frozen_lake import generate_random_map
 
-from erl_mega.envs.base import Observation, StepResult, register_env
+from erl_mega.envs.base import Observation, StepResult, content_split, register_env, split_of
 
 SYMBOLS = {"S": ".", "F": ".", "H": "x", "G": "*"}  # start and frozen look alike; x = hole, * = goal
 AGENT = "@"
 ACTIONS = {"left": 0, "down": 1, "right": 2, "up": 3}  # gymnasium's action ids
+MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 ACTION_RE = re.compile(r"<action>\s*(\w+)\s*</action>", re.IGNORECASE)
 ACTION_FORMAT = "Answer with one move as <action>up</action>, <action>down</action>, <action>left</action> or <action>right</action>."
 
@@ -30,28 +35,69 @@ def parse_action(text: str) -> str | None:
     return move if move in ACTIONS else None
 
 
+def shortest_path(desc: list[str], start: tuple[int, int]) -> list[str] | None:
+    """The moves of a shortest hole-free path from `start` to the goal (BFS), or None when there is none."""
+    size = len(desc)
+    parent: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        cell = queue.popleft()
+        if desc[cell[0]][cell[1]] == "G":
+            path = []
+            while parent[cell] is not None:
+                cell, move = parent[cell]
+                path.append(move)
+            return path[::-1]
+        for move, (dr, dc) in MOVES.items():
+            nxt = (cell[0] + dr, cell[1] + dc)
+            if 0 <= nxt[0] < size and 0 <= nxt[1] < size and nxt not in parent and desc[nxt[0]][nxt[1]] != "H":
+                parent[nxt] = (cell, move)
+                queue.append(nxt)
+    return None
+
+
+def draw_map(seed: int, sizes: tuple[int, int], probs: tuple[float, float], max_turns: int) -> list[str]:
+    """The map of `seed`: redrawn until solvable within `max_turns` and of the seed's split by content."""
+    for attempt in range(10_000):
+        draw = random.Random(f"frozenlake:{seed}:{attempt}")
+        size, p = draw.randint(*sizes), draw.uniform(*probs)
+        desc = generate_random_map(size=size, p=p, seed=draw.randrange(2**31))
+        path = shortest_path(desc, (0, 0))
+        if path is not None and len(path) <= max_turns and content_split("\n".join(desc)) == split_of(seed):
+            return desc
+    raise RuntimeError(f"no valid map for seed {seed} in 10000 draws")
+
+
 class FrozenLake:
     """A random solvable map per seed; reward 1 on the goal; feedback tells goal, hole and step limit apart."""
 
     name = "frozenlake"
     action_format = ACTION_FORMAT
+    parse_action = staticmethod(parse_action)
 
-    def __init__(self, *, max_turns: int = 8, size: int = 4, frozen_prob: float = 0.8) -> None:
+    def __init__(self, *, max_turns: int = 8, min_size: int = 2, max_size: int = 9, min_frozen_prob: float = 0.6,
+                 max_frozen_prob: float = 0.85) -> None:
         if max_turns < 1:
             raise ValueError(f"env.max_turns={max_turns}; must be >= 1")
-        if not 2 <= size <= 12:
-            raise ValueError(f"env.options.size={size}; must be in [2, 12]")
-        if not 0 < frozen_prob <= 1:
-            raise ValueError(f"env.options.frozen_prob={frozen_prob}; must be in (0, 1]")
-        self.max_turns, self.size, self.frozen_prob = max_turns, size, frozen_prob
+        if not 2 <= min_size <= max_size <= 12:
+            raise ValueError(f"env.options.min_size={min_size}, max_size={max_size}; need 2 <= min <= max <= 12")
+        if not 0 < min_frozen_prob <= max_frozen_prob <= 1:
+            raise ValueError(f"env.options.min_frozen_prob={min_frozen_prob}, max_frozen_prob={max_frozen_prob}; "
+                             "need 0 < min <= max <= 1")
+        self.max_turns = max_turns
+        self.sizes, self.probs = (min_size, max_size), (min_frozen_prob, max_frozen_prob)
         self._env: gym.Env | None = None
         self.desc: list[str] = []
         self.turns = 0
         self.done = True
 
+    @property
+    def size(self) -> int:
+        return len(self.desc)
+
     def reset(self, seed: int) -> Observation:
         """Start the episode of `seed`: the map and the start are a pure function of it."""
-        self.desc = generate_random_map(size=self.size, p=self.frozen_prob, seed=seed)
+        self.desc = draw_map(seed, self.sizes, self.probs, self.max_turns)
         self._env = gym.make("FrozenLake-v1", desc=self.desc, is_slippery=False)
         self._env.reset(seed=seed)
         self.turns, self.done = 0, False
@@ -79,9 +125,10 @@ class FrozenLake:
         if move is None:
             note = "Invalid move: no <action> tag with up, down, left or right."
         else:
+            before = self.position
             _, reward, terminated, _, _ = self._env.step(ACTIONS[move])
             fell = terminated and reward == 0
-            note = f"You moved {move}."
+            note = f"You moved {move}." if self.position != before else f"You did not move: {move} is off the map."
         row, col = self.position
         if reward >= 1:
             return self._end(1.0, f"Success: reached the goal in {self.turns} steps.")

@@ -22,11 +22,10 @@ from functools import lru_cache
 import bm25s
 from bm25s.tokenization import Tokenizer
 
-from erl_mega.envs.base import TEST_SEED_OFFSET, Observation, StepResult, register_env
+from erl_mega.envs.base import TEST_SEED_OFFSET, Observation, StepResult, register_env, tag_blocks
 from erl_mega.envs.qa_corpus import Passage, QADataset, QAExample, load_dataset
 
 ACTION_FORMAT = "Search with <search>your query</search>, one per turn; give the final answer as \\boxed{answer}."
-SEARCH_RE = re.compile(r"<search>(.*?)</search>", re.IGNORECASE | re.DOTALL)
 BOXED = "\\boxed{"
 MIN_F1 = 0.3  # partial credit floor, as the reference
 
@@ -70,9 +69,29 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+def content_key(question: str) -> str:
+    """A question's content: normalised, with the two sides of 'A or B' in a fixed order."""
+    text = normalize_answer(question)
+    head, comma, tail = text.rpartition(", ")
+    left, sep, right = tail.partition(" or ")
+    return f"{head}{comma}{' or '.join(sorted((left, right)))}" if comma and sep else text
+
+
+def held_out(train: tuple[QAExample, ...], test: tuple[QAExample, ...]) -> tuple[QAExample, ...]:
+    """Test questions whose content no training question shares, each content once."""
+    seen = {content_key(q.question) for q in train}
+    kept = []
+    for q in test:
+        key = content_key(q.question)
+        if key not in seen:
+            seen.add(key)
+            kept.append(q)
+    return tuple(kept)
+
+
 def parse_search(text: str) -> str | None:
     """The query of the last `<search>...</search>`, or None when there is no non-empty one."""
-    found = SEARCH_RE.findall(text)
+    found = tag_blocks(text, "<search>", "</search>", ignore_case=True)
     query = found[-1].strip() if found else ""
     return query or None
 
@@ -114,7 +133,8 @@ class HotpotQA:
             raise ValueError(f"env.options.top_k={top_k}; must be in [1, 20]")
         self.max_turns, self.top_k = max_turns, top_k
         self.dataset, self.search = _data(data_dir)
-        if not self.dataset.train or not self.dataset.test:
+        self.test = held_out(self.dataset.train, self.dataset.test)
+        if not self.dataset.train or not self.test:
             raise ValueError(f"env.options.data_dir={data_dir!r}: the train and test splits must not be empty")
         self.example: QAExample | None = None
         self.turns = 0
@@ -124,10 +144,18 @@ class HotpotQA:
         """Start the episode of `seed`: train seeds pick train questions, test seeds held-out ones."""
         if seed < 0:
             raise ValueError(f"seed={seed}; must be >= 0")
-        split = self.dataset.train if seed < TEST_SEED_OFFSET else self.dataset.test
+        split = self.dataset.train if seed < TEST_SEED_OFFSET else self.test
         self.example = split[(seed % TEST_SEED_OFFSET) % len(split)]
         self.turns, self.done = 0, False
         return Observation(f"Question: {self.example.question}")
+
+    def parse_action(self, reply: str) -> str | None:
+        """What `step` plays: the boxed answer (it wins), else the search, else None."""
+        answer = extract_boxed(reply)
+        if answer is not None:
+            return f"answer {answer}"
+        query = parse_search(reply)
+        return None if query is None else f"search {query}"
 
     def step(self, action: str) -> StepResult:
         """Run one reply: a search, an answer, or a malformed call; never raises on agent text."""

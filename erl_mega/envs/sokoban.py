@@ -6,14 +6,18 @@ per turn, answered as `<action>up</action>` (up/down/left/right), exactly as in 
 without a valid move, or a move into a wall or a box that cannot be pushed, uses the turn and says so.
 Reward 1 when every box is on a target. The episode ends solved, at the step limit, or stuck: a box
 pushed into a corner that is not a target can never move again, so nothing is left to play for.
-Every level is solvable within `max_turns` moves; `solution` holds one optimal plan.
+As the reference: rooms of side 6-8 drawn per seed, 1 box, an optimal solution of at most `max_moves` (8)
+moves, 8 steps. `solution` holds one optimal plan. Held-out levels are disjoint from training levels by
+content (`content_split`), not only by seed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from erl_mega.envs.base import Observation, StepResult, register_env
+import random
+
+from erl_mega.envs.base import Observation, StepResult, content_split, register_env, split_of
 from erl_mega.envs.frozenlake import ACTION_FORMAT, parse_action
 from erl_mega.native import sokoban_generate
 
@@ -65,15 +69,21 @@ class Sokoban:
 
     name = "sokoban"
     action_format = ACTION_FORMAT
+    parse_action = staticmethod(parse_action)
 
-    def __init__(self, *, max_turns: int = 20, room_size: int = 6, num_boxes: int = 1) -> None:
+    def __init__(self, *, max_turns: int = 8, min_room_size: int = 6, max_room_size: int = 8, num_boxes: int = 1,
+                 max_moves: int = 8) -> None:
         if max_turns < 1:
             raise ValueError(f"env.max_turns={max_turns}; must be >= 1")
-        if not 5 <= room_size <= 10:
-            raise ValueError(f"env.options.room_size={room_size}; must be in [5, 10] (walls included)")
+        if not 5 <= min_room_size <= max_room_size <= 10:
+            raise ValueError(f"env.options.min_room_size={min_room_size}, max_room_size={max_room_size}; "
+                             "need 5 <= min <= max <= 10 (walls included)")
         if not 1 <= num_boxes <= 4:
             raise ValueError(f"env.options.num_boxes={num_boxes}; must be in [1, 4]")
-        self.max_turns, self.room_size, self.num_boxes = max_turns, room_size, num_boxes
+        if max_moves < 1:
+            raise ValueError(f"env.options.max_moves={max_moves}; must be >= 1")
+        self.max_turns, self.room_sizes, self.num_boxes, self.max_moves = (
+            max_turns, (min_room_size, max_room_size), num_boxes, max_moves)
         self.level: Level | None = None
         self.solution = ""  # one optimal plan of the current level, as 'UDLR' letters
         self.boxes: set[int] = set()
@@ -85,7 +95,12 @@ class Sokoban:
         """Start the episode of `seed`: the level is a pure function of it and of the options."""
         if seed < 0:
             raise ValueError(f"seed={seed}; must be >= 0")
-        rows, self.solution = sokoban_generate(seed, self.room_size, self.num_boxes, self.max_turns)
+        for attempt in range(10_000):  # redraw until the level's content belongs to the seed's split
+            draw = random.Random(f"sokoban:{seed}:{attempt}")
+            rows, self.solution = sokoban_generate(draw.randrange(2**63), draw.randint(*self.room_sizes),
+                                                   self.num_boxes, self.max_moves)
+            if content_split("\n".join(rows)) == split_of(seed):
+                break
         self.level = parse_xsb(rows)
         self.boxes, self.player = set(self.level.boxes), self.level.player
         self.turns, self.done = 0, False

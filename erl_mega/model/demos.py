@@ -12,36 +12,18 @@ the situation ERL is built for, reproduced at toy scale.
 from __future__ import annotations
 
 import random
-from collections import deque
 
 from erl_mega.algo.prompts import REFLECTION_SYSTEM, reflection_request, with_action_format
 from erl_mega.algo.rows import TrainRow
 from erl_mega.config.schema import WarmupConfig
-from erl_mega.envs.frozenlake import ACTIONS, FrozenLake
+from erl_mega.envs.frozenlake import ACTIONS, FrozenLake, shortest_path
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.trajectory import Segment, Trajectory, Turn
 
-MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
-
-
 def expert_move(env: FrozenLake) -> str:
     """First move of a shortest hole-free path to the goal (BFS over the map)."""
-    size, start = env.size, env.position
-    parent: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
-    queue = deque([start])
-    while queue:
-        cell = queue.popleft()
-        if env.desc[cell[0]][cell[1]] == "G":
-            while parent[cell] is not None and parent[cell][0] != start:
-                cell = parent[cell][0]
-            return parent[cell][1] if parent[cell] else "right"
-        for move in ACTIONS:
-            dr, dc = MOVES[move]
-            nxt = (cell[0] + dr, cell[1] + dc)
-            if 0 <= nxt[0] < size and 0 <= nxt[1] < size and nxt not in parent and env.desc[nxt[0]][nxt[1]] != "H":
-                parent[nxt] = (cell, move)
-                queue.append(nxt)
-    return "right"  # unreachable for gymnasium's maps, which always have a path
+    path = shortest_path(env.desc, env.position)
+    return path[0] if path else "right"  # every drawn map has a path; 'right' only for a finished episode
 
 
 def advice(feedback: str) -> str:
@@ -71,10 +53,14 @@ def demo_episode(env: FrozenLake, chat: ChatFormat, seed: int, system: str, nois
         segments.append(Segment(chat.user_turn(result.observation.text, after_reply=True)))
 
 
+REQUEST_TOKENS = 768  # the reflection request's budget, as algo.reflection_tokens' default
+
+
 def demonstrations(env: FrozenLake, chat: ChatFormat, initial_prompt: str, cfg: WarmupConfig, seed: int) -> list[TrainRow]:
     """SFT rows (weight 1) for the warm-up: attempts 1, reflections and attempts 2, shuffled."""
     rng = random.Random(seed)
     first_system = with_action_format(initial_prompt, env.action_format)
+    count_tokens = lambda text: len(chat.tokenizer.encode(text))  # noqa: E731
     rows: list[TrainRow] = []
     for index in range(cfg.episodes):
         task = rng.randrange(0, 500_000)  # train seeds only: held-out seeds start at 1e6
@@ -84,7 +70,9 @@ def demonstrations(env: FrozenLake, chat: ChatFormat, initial_prompt: str, cfg: 
             continue
         lesson = advice(first.feedback)
         current = initial_prompt if rng.random() < 0.5 else advice(rng.choice(["hole at row 1, column 1 after", "step limit"]))
-        request = reflection_request(current, rng.random(), [first])
+        request = reflection_request(current, [first], rng.random(), env.parse_action, count_tokens, REQUEST_TOKENS)
+        if request is None:
+            continue
         answer = lesson if rng.random() < cfg.missing_tag_rate else f"<prompt>{lesson}</prompt>"
         ids = chat.reply(answer)
         reflection = Trajectory(

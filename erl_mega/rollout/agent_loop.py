@@ -28,6 +28,7 @@ class _Live:
     spec: EpisodeSpec
     segments: list[Segment]
     turns: list[Turn]
+    task: str = ""
     reward: float = 0.0
     done: bool = False
 
@@ -46,7 +47,7 @@ def play_episodes(
         env = make_env()
         first = env.reset(spec.env_seed)
         prefix = Segment(chat.system(spec.system_prompt))
-        live.append(_Live(env, spec, [prefix, Segment(chat.user_turn(first.text, after_reply=False))], []))
+        live.append(_Live(env, spec, [prefix, Segment(chat.user_turn(first.text, after_reply=False))], [], first.text))
     turn = 0
     while True:
         active = [ep for ep in live if not ep.done]
@@ -65,7 +66,7 @@ def play_episodes(
             ep.segments.append(Segment(out.token_ids, out.logprobs))
             reply = chat.decode(out.token_ids)
             result = ep.env.step(reply)
-            ep.turns.append(Turn(reply, result.feedback, result.reward))
+            ep.turns.append(Turn(reply, result.feedback, result.reward, result.observation.text))
             ep.reward += result.reward
             if result.done:
                 ep.done = True
@@ -74,7 +75,10 @@ def play_episodes(
                 ep.segments.append(Segment(chat.user_turn(result.observation.text, True, closed)))
         turn += 1
     version = engine.weight_version
-    return [Trajectory(tuple(ep.segments), tuple(ep.turns), ep.reward, version) for ep in live]
+    return [
+        Trajectory(tuple(ep.segments), tuple(ep.turns), ep.reward, version, {"task": ep.task}, params.temperature)
+        for ep in live
+    ]
 
 
 def complete_once(
@@ -85,7 +89,10 @@ def complete_once(
     sample_seeds: list[int],
     max_context: int,
 ) -> list[Trajectory]:
-    """One reply per (system, user) pair, as single-turn trajectories (the reflection call)."""
+    """One reply per (system, user) pair, as single-turn trajectories (the reflection call).
+
+    Callers fit their prompts to the context first (`reflection_request`'s budget); an over-long one here is a bug.
+    """
     prompts = [(Segment(chat.system(sys)), Segment(chat.user_turn(user, after_reply=False))) for sys, user in conversations]
     longest = max((len(a.token_ids) + len(b.token_ids) for a, b in prompts), default=0)
     if longest + params.max_new_tokens > max_context:
@@ -95,7 +102,8 @@ def complete_once(
     ]
     outs = engine.generate(requests)
     return [
-        Trajectory(p + (Segment(o.token_ids, o.logprobs),), (Turn(chat.decode(o.token_ids), "", 0.0),), 0.0, o.weight_version)
+        Trajectory(p + (Segment(o.token_ids, o.logprobs),), (Turn(chat.decode(o.token_ids), "", 0.0),), 0.0,
+                   o.weight_version, temperature=params.temperature)
         for p, o in zip(prompts, outs)
     ]
 
@@ -103,3 +111,8 @@ def complete_once(
 def _turn_seed(spec: EpisodeSpec, turn: int) -> int:
     # Distinct, reproducible per (episode, turn): results do not depend on which episodes share a batch.
     return spec.sample_seed * 1009 + turn
+
+
+def prompt_tokens(chat: ChatFormat, system: str, user: str) -> int:
+    """Tokens of a (system, user) prompt exactly as `complete_once` sends it."""
+    return len(chat.system(system)) + len(chat.user_turn(user, after_reply=False))

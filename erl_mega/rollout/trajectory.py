@@ -29,6 +29,7 @@ class Turn:
     reply: str
     feedback: str
     reward: float
+    observation: str = ""  # what the environment showed after this reply (the reflection reads it)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """The ERL loss of one micro-batch from the lm-head input, through `erl_mega.kernels.dispatch` (Triton on CUDA).
 
-The last pipeline stage hands over hidden states and its vocab shard of the output weight; the
-kernels compute vocab-parallel log-probs across the TP group chunk by chunk, so [tokens, vocab]
-logits are never held on the GPU, and their d(hidden) is already the full one on every TP rank.
+The last pipeline stage hands over hidden states and its vocab shard of the output weight. Only the
+hidden states of tokens that carry a loss go through the lm-head, once: the policy loss and the
+distillation term (a per-token coefficient on log p) are one fused pass. The kernels compute
+vocab-parallel log-probs across the TP group chunk by chunk, so [tokens, vocab] logits are never
+held on the GPU, and their d(hidden) is already the full one on every TP rank. Each token is scored
+at its row's sampling temperature: logits / T == (hidden / T) @ W.T.
 """
 
 from __future__ import annotations
@@ -13,24 +16,23 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from erl_mega.kernels.losses import PolicyLossConfig
+from erl_mega.kernels.dispatch import fused_policy_loss, fused_token_logprobs
+from erl_mega.kernels.losses import AGGREGATIONS, PolicyLossConfig
+from erl_mega.kernels.token_layout import aggregation_weights, sequence_ids
 from erl_mega.train.micro_batches import ModelInputs
-from erl_mega.kernels.dispatch import (
-    fused_policy_loss,
-    fused_token_logprobs,
-    packed_distill_loss,
-)
-from erl_mega.kernels.token_layout import padded_cu_seqlens
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The policy loss, the distillation term's weight and aggregation, and the log-prob temperature."""
+    """The policy loss and the distillation term's weight and aggregation."""
 
     policy: PolicyLossConfig = PolicyLossConfig()
     distill_coef: float = 1.0
     distill_aggregation: str = "token-mean"
-    temperature: float = 1.0  # must equal the rollout temperature, so ratios compare like with like
+
+    def __post_init__(self) -> None:
+        if self.distill_aggregation not in AGGREGATIONS:
+            raise ValueError(f"distill_aggregation={self.distill_aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
 
     @property
     def aggregations(self) -> tuple[str, str]:
@@ -46,46 +48,43 @@ class LossReport:
     gaps: Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
-def token_hidden(hidden: Tensor, mb: ModelInputs) -> Tensor:
-    """Model output [s, b, h] in the targets' layout: [b, s, h] padded, [n, h] packed."""
-    return hidden[:, 0] if mb.cu_seqlens is not None else hidden.transpose(0, 1)
+def loss_hidden(hidden: Tensor, mb: ModelInputs) -> Tensor:
+    """Model output [s, b, h] -> the loss tokens' hidden states [k, h], each divided by its temperature."""
+    flat = hidden.transpose(0, 1).reshape(-1, hidden.shape[-1])  # [b * s, h] padded, [n, h] packed (b = 1)
+    picked = flat.index_select(0, mb.loss_index)
+    return picked * mb.inv_temperature.to(picked.dtype)[:, None]
+
+
+def loss_token_logprobs(hidden: Tensor, weight: Tensor, mb: ModelInputs, tp_group: dist.ProcessGroup | None) -> Tensor:
+    """Log-probs [k] of the micro-batch's loss tokens at their rows' temperatures (no gradient)."""
+    logp, _ = fused_token_logprobs(loss_hidden(hidden, mb).detach(), weight.detach(), mb.targets, group=tp_group)
+    return logp
 
 
 def micro_batch_loss(
-    hidden: Tensor,
-    weight: Tensor,
-    mb: ModelInputs,
-    cfg: LossConfig,
-    ref_logp: Tensor | None,
-    tp_group: dist.ProcessGroup | None,
+    hidden: Tensor, weight: Tensor, mb: ModelInputs, cfg: LossConfig, tp_group: dist.ProcessGroup | None
 ) -> tuple[Tensor, LossReport]:
-    """This micro-batch's share of the batch loss (differentiable in hidden and weight) and its report."""
-    h = token_hidden(hidden, mb)
-    total = 0.0 * h.sum()  # keeps the graph when the micro-batch has no loss tokens (pipeline backward)
+    """This micro-batch's share of the mini-batch loss (differentiable in hidden and weight) and its report."""
+    total = 0.0 * hidden.sum()  # keeps the graph when the micro-batch has no loss tokens (pipeline backward)
+    if mb.targets.numel() == 0:
+        return total, LossReport()
+    h = loss_hidden(hidden, mb)
+    seq = sequence_ids(mb.loss_cu_seqlens, mb.targets.numel())
+    distill = aggregation_weights(mb.distill_mask, mb.loss_cu_seqlens, cfg.distill_aggregation) * mb.distill_weight[seq]
+    scale = mb.policy_share or 1.0  # the kernel's loss is scaled by the policy share: its coefficients are not
+    coef = -cfg.distill_coef * mb.distill_share / scale * distill  # d(distillation term)/d(logp)
+    out = fused_policy_loss(
+        h, weight, mb.targets, mb.old_logprobs, mb.advantages, mb.policy_mask, cfg.policy,
+        ref_logp=mb.ref_logprobs, rollout_logp=mb.rollout_logprobs, logp_coef=coef if mb.distill_share else None,
+        cu_seqlens=mb.loss_cu_seqlens, group=tp_group,
+    )
     report = LossReport()
-    if mb.policy_mask.sum() > 0:
-        # One update per batch: the "old" policy is the current one, detached (ratio 1, PPO gradient).
-        old_logp, _ = fused_token_logprobs(h.detach(), weight.detach(), mb.targets, temperature=cfg.temperature, group=tp_group)
-        out = fused_policy_loss(
-            h, weight, mb.targets, old_logp, mb.advantages, mb.policy_mask, cfg.policy,
-            ref_logp=ref_logp, rollout_logp=mb.rollout_logprobs, cu_seqlens=_cu(mb),
-            temperature=cfg.temperature, group=tp_group,
-        )
-        total = total + mb.policy_share * out.loss
+    if mb.policy_share:
         report.sums = {key: mb.policy_share * float(value) for key, value in out.metrics.items()}
         on = mb.policy_mask > 0
+        old = out.logp if mb.old_logprobs is None else mb.old_logprobs
+        report.sums["ppo_kl"] = mb.policy_share * float((old - out.logp)[on].mean())
         report.gaps = (out.logp - mb.rollout_logprobs)[on].abs()
-    if mb.distill_mask.sum() > 0:
-        cu = mb.cu_seqlens if mb.cu_seqlens is not None else padded_cu_seqlens(*mb.targets.shape, h.device)
-        # logits / T == (hidden / T) @ W.T: the distillation term sees the same tempered log-probs.
-        d = packed_distill_loss(
-            h.reshape(-1, h.shape[-1]) / cfg.temperature, weight, mb.targets.reshape(-1), mb.distill_mask.reshape(-1),
-            cu, mb.distill_weight, cfg.distill_aggregation, group=tp_group,
-        )
-        total = total + cfg.distill_coef * mb.distill_share * d
-        report.sums["distill_loss"] = mb.distill_share * float(d.detach())
-    return total, report
-
-
-def _cu(mb: ModelInputs) -> Tensor | None:
-    return None if mb.cu_seqlens is None else mb.cu_seqlens.long()
+    if mb.distill_share:
+        report.sums["distill_loss"] = mb.distill_share * float(-(distill * out.logp).sum())
+    return total + scale * out.loss, report

@@ -40,7 +40,7 @@ from erl_mega.train.dist_checkpoint import (
     save_trainer_state,
 )
 from erl_mega.train.layout import ParallelLayout, parallel_layout
-from erl_mega.train.loss import LossConfig, LossReport, micro_batch_loss, token_hidden
+from erl_mega.train.loss import LossConfig, LossReport, loss_token_logprobs, micro_batch_loss
 from erl_mega.train.megatron_model import (
     build_gpt_model,
     gpt_hidden_states,
@@ -48,18 +48,20 @@ from erl_mega.train.megatron_model import (
 )
 from erl_mega.train.micro_batches import (
     ModelInputs,
+    StepLogprobs,
+    mini_batch_rows,
     packed_micro_batches,
     padded_micro_batches,
+    select_rows,
 )
 from erl_mega.train.pipeline_p2p import OrderedShapesP2P
 from erl_mega.train.trainer import TrainerConfig
-from erl_mega.kernels.dispatch import fused_token_logprobs
 
 __all__ = ["LossConfig", "MegatronTrainer"]
 
 
 class MegatronTrainer:
-    """Trains the policy on TrainBatches; `version` counts optimizer steps (the weight version).
+    """Trains the policy on TrainBatches; `version` counts training steps (the weight version engines get).
 
     Every rank of the job constructs it and calls `step`, `named_parameters_hf` and `save` together.
     """
@@ -71,7 +73,7 @@ class MegatronTrainer:
         self.hf_config = load_hf_config(hf_path)
         self.layout: ParallelLayout = parallel_layout(world_size(), optim.tp, optim.pp, self.hf_config, optim.vpp)
         init_parallel(tp=optim.tp, pp=optim.pp, seed=seed, vpp=optim.vpp)
-        self.optim_cfg, self.loss_cfg, self.params_dtype = optim, loss, params_dtype
+        self.optim_cfg, self.loss_cfg, self.params_dtype, self.seed = optim, loss, params_dtype, seed
         hf_state = load_hf_state(hf_path)
         self.model = self._build(hf_state)  # one GPTModel per virtual stage of this pipeline rank
         self.reference = None
@@ -117,12 +119,12 @@ class MegatronTrainer:
             chunks.append(chunk)
         return chunks
 
-    def _micro_batches(self, batch: TrainBatch) -> list[ModelInputs]:
+    def _micro_batches(self, batch: TrainBatch, logprobs: StepLogprobs = StepLogprobs()) -> list[ModelInputs]:
         rank, size = parallel_state.get_data_parallel_rank(), self.layout.dp
         aggs = self.loss_cfg.aggregations
         if self.optim_cfg.packing:
-            return packed_micro_batches(batch, self.optim_cfg.max_tokens_per_micro_batch, rank, size, aggs)
-        return padded_micro_batches(batch, self.optim_cfg.micro_batch_size, rank, size, aggs)
+            return packed_micro_batches(batch, self.optim_cfg.max_tokens_per_micro_batch, rank, size, aggs, logprobs)
+        return padded_micro_batches(batch, self.optim_cfg.micro_batch_size, rank, size, aggs, logprobs)
 
     def _scheduled(self, count: int) -> int:
         """Micro-batches the schedule runs for `count`: the interleaved one runs groups of `pp`."""
@@ -132,16 +134,19 @@ class MegatronTrainer:
     def _run(self, chunks: list, mbs: list[ModelInputs], loss_func, forward_only: bool) -> list:
         """megatron's schedule over `mbs`: `loss_func(mb, index, hidden)` on the last stage; its reports.
 
-        Under virtual stages the list is padded to a multiple of `pp` (megatron's group of micro-batches
-        per virtual stage) with copies of its last micro-batch whose loss counts zero and whose reports
-        are dropped.
+        Each micro-batch moves from the host to the model's device as the schedule reaches it. Under
+        virtual stages the list is padded to a multiple of `pp` (megatron's group of micro-batches
+        per virtual stage) with copies of its last micro-batch whose loss counts zero and whose
+        reports are dropped.
         """
         count, total = len(mbs), self._scheduled(len(mbs))
         mbs = mbs + mbs[-1:] * (total - count)
 
         def forward_step(data_iterator, module):
             index, mb = next(data_iterator)
-            hidden = gpt_hidden_states(_unwrap(module), mb.input_ids, mb.position_ids, mb.packed_seq_params)
+            model = _unwrap(module)
+            mb = mb.to(next(model.parameters()).device)
+            hidden = gpt_hidden_states(model, mb.input_ids, mb.position_ids, mb.packed_seq_params)
             if index >= count:
                 return hidden, partial(_zero_loss, partial(loss_func, mb, count - 1))
             return hidden, partial(loss_func, mb, index)
@@ -157,9 +162,24 @@ class MegatronTrainer:
         return outputs[:count]
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step over the whole batch, accumulated over micro-batches and DP ranks (exact global means)."""
-        mbs = self._micro_batches(batch)
-        refs = self._reference_logprobs(mbs) if self.reference is not None else None
+        """PPO on one batch: `ppo_epochs` passes, one optimizer step per mini-batch; metrics averaged over steps.
+
+        The old and reference log-probs are computed once, before any update. With a single update the
+        old policy is the current one (ratio 1) and no extra pass runs.
+        """
+        cfg = self.optim_cfg
+        logprobs = self._step_logprobs(batch)
+        updates = []
+        for epoch in range(cfg.ppo_epochs):
+            for rows in mini_batch_rows(batch.num_rows, cfg.ppo_mini_batch_size, self.seed, self.version, epoch):
+                whole = len(rows) == batch.num_rows
+                updates.append(self._update(batch if whole else select_rows(batch, rows), logprobs.rows(rows)))
+        self.version += 1
+        return _mean(updates) | {"ppo_updates": float(len(updates))}
+
+    def _update(self, batch: TrainBatch, logprobs: StepLogprobs) -> dict[str, float]:
+        """One optimizer step over a mini-batch, accumulated over micro-batches and DP ranks (exact global means)."""
+        mbs = self._micro_batches(batch, logprobs)
         self.model.train()
         for ddp in self.ddp:
             ddp.zero_grad_buffer()
@@ -169,41 +189,63 @@ class MegatronTrainer:
         undo_mean = self._scheduled(len(mbs)) * self.layout.dp
 
         def loss_func(mb, index, hidden):
-            ref = None if refs is None else refs[index]
-            loss, report = micro_batch_loss(hidden, output_weight(self.model[-1]), mb, self.loss_cfg, ref, tp_group)
+            loss, report = micro_batch_loss(hidden, output_weight(self.model[-1]), mb, self.loss_cfg, tp_group)
             return loss * undo_mean, {"report": report}
 
         reports = self._run(self.ddp, mbs, loss_func, forward_only=False)
         _, grad_norm, _ = self.optimizer.step()
-        self.version += 1
         return _merge([r["report"] for r in reports]) | {"grad_norm": float(grad_norm)}
 
-    @torch.no_grad()
-    def _reference_logprobs(self, mbs: list[ModelInputs]) -> list[Tensor]:
-        """The reference policy's log-prob of each micro-batch's targets (last stage; empty elsewhere).
+    def _step_logprobs(self, batch: TrainBatch) -> StepLogprobs:
+        """What every update of this step compares against: the old policy's and the reference's log-probs."""
+        cfg = self.optim_cfg
+        ref = None
+        if self.reference is not None:
+            with _on_gpu(self.reference):
+                ref = self._batch_logprobs(self.reference, self.reference, batch)
+        size = cfg.ppo_mini_batch_size or batch.num_rows
+        one_update = cfg.ppo_epochs == 1 and size >= batch.num_rows
+        if cfg.old_logprobs == "rollout":
+            old = batch.rollout_logprobs
+        else:
+            old = None if one_update else self._batch_logprobs(self.ddp, self.model, batch)
+        return StepLogprobs(old, ref)
 
-        On CUDA the reference lives in host memory and visits the GPU only for this forward pass.
+    @torch.no_grad()
+    def _batch_logprobs(self, chunks, model: torch.nn.ModuleList, batch: TrainBatch) -> Tensor:
+        """`model`'s log-prob [B, T] of every loss token of the batch (0 elsewhere), on every rank.
+
+        `chunks` are what the schedule runs (the DDP wrappers of the policy, or the bare reference).
         """
-        with _on_gpu(self.reference):
-            outputs = self._run(self.reference, mbs, partial(self._logprob_loss, self.reference), forward_only=True)
-        return [out["logp"] for out in outputs]
-
-    def _logprob_loss(self, chunks: torch.nn.ModuleList, mb: ModelInputs, index: int, hidden: Tensor):
+        model.eval()
+        mbs = self._micro_batches(batch)
         group = parallel_state.get_tensor_model_parallel_group()
-        logp, _ = fused_token_logprobs(
-            token_hidden(hidden, mb), output_weight(chunks[-1]), mb.targets, temperature=self.loss_cfg.temperature, group=group
-        )
-        return hidden.new_zeros(()), {"logp": logp}
+
+        def loss_func(mb, index, hidden):
+            return hidden.new_zeros(()), {"logp": loss_token_logprobs(hidden, output_weight(model[-1]), mb, group)}
+
+        outputs = self._run(chunks, mbs, loss_func, forward_only=True)
+        full = torch.zeros(batch.targets.shape, device=next(model.parameters()).device)
+        for mb, out in zip(mbs, outputs):
+            full[mb.batch_rows.to(full.device), mb.batch_cols.to(full.device)] = out["logp"]
+        if self.layout.dp > 1:  # each DP rank scored its own rows
+            dist.all_reduce(full, group=parallel_state.get_data_parallel_group())
+        return full.cpu()
 
     @torch.no_grad()
-    def logprobs(self, input_ids: Tensor, targets: Tensor) -> Tensor | None:
-        """The current policy's log-prob of each target token [B, T] on the last stage (None elsewhere)."""
-        self.model.eval()
+    def logprobs(self, input_ids: Tensor, targets: Tensor, temperatures: Tensor | None = None) -> Tensor | None:
+        """The current policy's log-prob of each target [B, T] at each row's temperature [B] (default 1).
+
+        On the last stage; None elsewhere.
+        """
         b, t = input_ids.shape
         zeros = torch.zeros(b, t)
-        mb = ModelInputs(input_ids, torch.arange(t).expand(b, t), targets, zeros, zeros, zeros, zeros, torch.zeros(b), None, 0.0, 0.0)
-        outputs = self._run(self.ddp, [mb], partial(self._logprob_loss, self.model), forward_only=True)
-        return outputs[0]["logp"] if outputs else None
+        batch = TrainBatch(
+            input_ids, targets, torch.ones(b, t), zeros, zeros, torch.zeros(b), torch.zeros(b, dtype=torch.bool),
+            (0,) * b, torch.ones(b) if temperatures is None else temperatures, torch.full((b,), t),
+        )
+        logp = self._batch_logprobs(self.ddp, self.model, batch)
+        return logp if parallel_state.is_pipeline_last_stage() else None
 
     def named_parameters_hf(self) -> Iterator[NamedTensors]:
         """The policy as HF-named full tensors, in buckets of at most `bucket_mb` MiB (collective)."""
@@ -252,6 +294,12 @@ def _zero_loss(loss_func, hidden: Tensor):
     """`loss_func`'s loss times zero (a padding micro-batch: in the graph, out of the gradient)."""
     loss, report = loss_func(hidden)
     return loss * 0, report
+
+
+def _mean(updates: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric averaged over the updates that report it."""
+    keys = dict.fromkeys(key for update in updates for key in update)
+    return {key: sum(u[key] for u in updates if key in u) / sum(key in u for u in updates) for key in keys}
 
 
 def _merge(reports: list[LossReport]) -> dict[str, float]:

@@ -27,6 +27,9 @@ class TrainerConfig:
     vpp: int = 1  # virtual stages (model chunks) per pipeline rank: interleaved 1F1B when > 1
     packing: bool = False  # pack sequences (THD) instead of padding rows
     max_tokens_per_micro_batch: int = 4096  # packed micro-batch bound (packing only)
+    ppo_mini_batch_size: int | None = None  # rows per optimizer step (verl's); None: the whole batch, one step
+    ppo_epochs: int = 1  # passes over the batch per training step, rows reshuffled each epoch
+    old_logprobs: str = "recompute"  # the PPO ratio's old policy: "recompute" (trainer, before updates) or "rollout"
 
     def __post_init__(self) -> None:
         if self.backend != "megatron":
@@ -40,12 +43,18 @@ class TrainerConfig:
         for name in ("tp", "pp", "vpp", "max_tokens_per_micro_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}; must be >= 1")
+        if self.ppo_mini_batch_size is not None and self.ppo_mini_batch_size < 1:
+            raise ValueError(f"trainer.ppo_mini_batch_size={self.ppo_mini_batch_size}; must be >= 1 or null")
+        if self.ppo_epochs < 1:
+            raise ValueError(f"trainer.ppo_epochs={self.ppo_epochs}; must be >= 1")
+        if self.old_logprobs not in ("recompute", "rollout"):
+            raise ValueError(f"trainer.old_logprobs={self.old_logprobs!r}; choose 'recompute' or 'rollout'")
         if self.bucket_mb < 1:
             raise ValueError(f"trainer.bucket_mb={self.bucket_mb}; must be >= 1")
 
 
 class Trainer(Protocol):
-    """One optimizer step per TrainBatch; weights leave as HF-named full tensors in buckets."""
+    """PPO updates on each TrainBatch (one optimizer step per mini-batch); weights leave as HF-named full tensors in buckets."""
 
     version: int
 

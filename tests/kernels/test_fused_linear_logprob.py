@@ -77,7 +77,7 @@ def _check(hidden, weight, tokens, cfg, *, cu_seqlens=None, temperature=1.0, chu
     """Run the Triton path and the fp64 reference on the same inputs; compare values and gradients."""
     h_ref = hidden.detach().double().cpu().requires_grad_()
     w_ref = weight.detach().double().cpu().requires_grad_()
-    cpu_tokens = {k: v.cpu() for k, v in tokens.items()}
+    cpu_tokens = {k: None if v is None else v.cpu() for k, v in tokens.items()}
     ref = fused_policy_loss_reference(
         h_ref, w_ref, **cpu_tokens, cfg=cfg, cu_seqlens=cu_seqlens, temperature=temperature
     )
@@ -177,6 +177,22 @@ def test_token_logprobs_forward_only(device, small_vocab_blocks):
     )
     _close(logp, ref_logp)
     _close(entropy, ref_entropy)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_on_policy_and_a_per_token_logp_coefficient_match_reference(dtype, device):
+    """old_logp None is the current policy (ratio 1); logp_coef folds e.g. distillation into the same pass."""
+    hidden, weight = _lm_head(21, 32, 300, dtype, device)
+    gen = torch.Generator().manual_seed(2)
+    kinds = torch.rand(21, generator=gen) > 0.5  # policy tokens, the rest carry the coefficient
+    tokens = _tokens(hidden, weight, kinds) | {"old_logp": None}
+    tokens["logp_coef"] = (-(~kinds).float() * torch.rand(21, generator=gen)).to(device)
+    cu_seqlens = torch.tensor([0, 6, 6, 7, 15, 21])
+    _check(hidden, weight, tokens, CONFIGS["everything"], cu_seqlens=cu_seqlens, temperature=0.7)
+    out = fused_policy_loss_triton(hidden, weight, **tokens, cfg=CONFIGS["default"], cu_seqlens=cu_seqlens.to(device))
+    assert out.metrics["clip_frac"] == 0  # on-policy: nothing clipped
+    coef_part = (tokens["logp_coef"] * out.logp).sum()
+    _close(out.loss - coef_part, out.metrics["policy_loss"])
 
 
 def test_no_grad_pass_returns_the_same_loss_without_gradient_work(device, monkeypatch):

@@ -5,7 +5,7 @@ import torch
 
 from erl_mega.algo.erl import Episodes, ErlConfig, ErlWorkflow, TaskEpisodes
 from erl_mega.algo.memory import ReflectionMemory
-from erl_mega.algo.prompts import parse_reflection, with_action_format
+from erl_mega.algo.prompts import MEMORY_HEADER, parse_reflection, with_action_format
 from erl_mega.algo.rows import distill_rows, policy_rows
 from erl_mega.envs.frozenlake import FrozenLake
 from erl_mega.model.demos import expert_move
@@ -25,8 +25,7 @@ def expert_script(prompt_text: str) -> str:
     env = FrozenLake()
     env.desc = ["".join({"x": "H", "*": "G"}.get(ch, "F") for ch in row) for row in grid]
     r, c = next((i, row.index("@")) for i, row in enumerate(grid) if "@" in row)
-    env.size = len(grid)
-    env._env = type("S", (), {"unwrapped": type("U", (), {"s": r * env.size + c})()})()
+    env._env = type("S", (), {"unwrapped": type("U", (), {"s": r * len(grid) + c})()})()
     return f"<action>{expert_move(env)}</action>"
 
 
@@ -106,7 +105,7 @@ def test_no_memory_reflects_from_initial_prompt(chat, scripted):
     wf.memory.add("REMEMBERED")
     wf.collect([1], sample_seed=0)
     asks = [chat.decode(r.prompt_ids) for r in engine.requests if "Write better" in chat.decode(r.prompt_ids)]
-    assert asks and all(f"Current instructions: {INITIAL}" in a for a in asks)
+    assert asks and all(f"{MEMORY_HEADER}\n{INITIAL}\n" in a for a in asks)
     assert wf.memory.entries == ["REMEMBERED"]
 
 
@@ -116,7 +115,7 @@ def test_memory_feeds_the_next_reflection(chat, scripted):
     wf.memory.add("REMEMBERED")
     wf.collect([1], sample_seed=0)
     asks = [chat.decode(r.prompt_ids) for r in engine.requests if "Write better" in chat.decode(r.prompt_ids)]
-    assert all("Current instructions: REMEMBERED" in a for a in asks)
+    assert all(f"{MEMORY_HEADER}\nREMEMBERED\n" in a for a in asks)
 
 
 def test_rows_advantages_per_role_and_distillation(chat, scripted):
@@ -126,8 +125,10 @@ def test_rows_advantages_per_role_and_distillation(chat, scripted):
     assert sorted({r.role for r in rows}) == ["attempt1", "attempt2", "reflection"]
     assert all(r.advantage == 0 for r in rows)  # every group is all-fail or all-success here
     initial = Segment(chat.system(with_action_format(INITIAL, FrozenLake.action_format)))
-    drows = distill_rows(episodes, initial)
-    assert len(drows) == 4 and all(r.weight == 1.0 and r.kind == "distill" for r in drows)
+    drows = distill_rows(episodes, initial)  # RAFT: ordinary PPO rows, advantage max(r2, 0)
+    assert len(drows) == 4 and all(r.kind == "policy" and r.role == "distill" and r.advantage == 1.0 for r in drows)
+    separate = distill_rows(episodes, initial, "separate")
+    assert all(r.weight == 1.0 and r.kind == "distill" for r in separate)
     source = episodes.tasks[0].attempt2[0]
     d = drows[0].trajectory
     assert d.segments[0] == initial and d.segments[1:] == source.segments[1:]  # system swapped, rest identical

@@ -33,7 +33,7 @@ def test_step_limit_feedback():
 
 
 def test_hole_feedback_names_the_cell():
-    env = FrozenLake(max_turns=30)
+    env = FrozenLake()
     seed = next(s for s in range(300) if _desc(s)[0][1] == "H")
     env.reset(seed)
     result = env.step("<action>right</action>")

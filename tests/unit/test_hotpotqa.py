@@ -108,7 +108,7 @@ def test_seeds_pick_the_split():
 
 def test_real_files_load_in_both_layouts(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps([RECORD]))
-    (tmp_path / "test.jsonl").write_text(json.dumps(HF_RECORD) + "\n")
+    (tmp_path / "test.jsonl").write_text(json.dumps(dict(HF_RECORD, question="Where is the Zorblat museum?")) + "\n")
     data = load_dataset(str(tmp_path))
     assert data.train[0].supporting_facts == (("Zorblat museum", 0), ("Quentaro", 1))
     assert data.test[0].supporting_facts == (("Zorblat museum", 0),)

@@ -53,7 +53,8 @@ def test_golden_level():
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2_000_000), room_size=st.sampled_from([5, 6, 8]), num_boxes=st.sampled_from([1, 2]))
 def test_solver_plan_replayed_through_env_reaches_reward_1(seed, room_size, num_boxes):
-    env = make_env("sokoban", max_turns=25, room_size=room_size, num_boxes=num_boxes)
+    env = make_env("sokoban", max_turns=25, min_room_size=room_size, max_room_size=room_size, num_boxes=num_boxes,
+                   max_moves=20)
     env.reset(seed)
     results = [env.step(act(PLAN_ACTIONS[letter])) for letter in env.solution]
     assert all(not r.done for r in results[:-1])
@@ -112,7 +113,7 @@ def test_step_limit_feedback_and_step_after_end():
 
 def test_options_and_native_inputs_are_validated():
     with pytest.raises(ValueError, match="room_size"):
-        make_env("sokoban", room_size=4)
+        make_env("sokoban", min_room_size=4)
     with pytest.raises(ValueError, match="num_boxes"):
         make_env("sokoban", num_boxes=5)
     with pytest.raises(ValueError, match="bad options"):

@@ -1,0 +1,100 @@
+"""Per-GPU bytes of the trainer (megatron-core, distributed optimizer) and of the rollout engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from erl_mega.plan.params import stage_params
+from erl_mega.plan.shape import ModelShape
+
+DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
+GRAD_BYTES = 4  # the trainer reduces gradients in fp32 (DistributedDataParallelConfig(grad_reduce_in_fp32=True))
+LOSS_CHUNK_TOKENS = 1024  # fused log-prob kernel: fp32 logits for this many tokens at a time, never [tokens, vocab]
+
+
+@dataclass(frozen=True)
+class TrainerMemory:
+    """Bytes on the busiest pipeline rank (the first: most micro-batches in flight, plus the embedding)."""
+
+    params: int
+    grads: int
+    main_weights: int  # fp32 copy of bf16 params, sharded over DP
+    optimizer: int  # Adam exp_avg + exp_avg_sq in fp32, sharded over DP
+    activations: int
+    loss_workspace: int
+    logits_avoided: int  # what [tokens, vocab / tp] fp32 logits would have taken
+
+    @property
+    def static(self) -> int:
+        return self.params + self.grads + self.main_weights + self.optimizer
+
+    @property
+    def peak(self) -> int:
+        return self.static + self.activations + self.loss_workspace
+
+
+def state_bytes(m: ModelShape, tp: int, pp: int, dp: int, stage: int, params_dtype: str) -> dict[str, int]:
+    """Parameters, gradients, fp32 main weights and Adam moments on one rank of pipeline stage `stage`."""
+    n = stage_params(m, tp, pp, stage)
+    main = 0 if params_dtype == "float32" else 4 * n // dp  # fp32 params are their own main weights
+    return {"params": n * DTYPE_BYTES[params_dtype], "grads": n * GRAD_BYTES, "main_weights": main,
+            "optimizer": 2 * 4 * n // dp}
+
+
+def layer_activation_bytes(m: ModelShape, seq: int, mbs: int, tp: int, recompute: str) -> int:
+    """bf16 activations one layer keeps for backward per micro-batch (no sequence parallelism, no dropout).
+
+    Kept: both norms' inputs and outputs (replicated over TP), q/k/v and attention output, gate/up and
+    the SwiGLU product (sharded). Without recompute the softmax [heads, s, s] is kept too; full
+    recompute keeps only the layer input.
+    """
+    tokens = seq * mbs
+    if recompute == "full":
+        return 2 * tokens * m.hidden
+    replicated = 8 * tokens * m.hidden
+    sharded = 2 * tokens * ((m.heads + 2 * m.kv_heads) * m.head_dim + m.heads * m.head_dim + 3 * m.ffn)
+    softmax = 2 * mbs * m.heads * seq * seq if recompute == "none" else 0
+    return replicated + (sharded + softmax) // tp
+
+
+def in_flight_layers(layers: int, pp: int, vpp: int, micro_batches: int) -> float:
+    """Layer-micro-batches of activations the first pipeline rank holds at its peak (1F1B / interleaved)."""
+    if pp == 1:
+        return layers
+    if vpp == 1:
+        return min(pp, micro_batches) * layers / pp
+    warmup = min((pp - 1) * 2 + (vpp - 1) * pp + 1, micro_batches * vpp)  # megatron's interleaved warm-up
+    return warmup * layers / (pp * vpp)
+
+
+def trainer_memory(m: ModelShape, tp: int, pp: int, dp: int, vpp: int, seq: int, mbs: int,
+                   micro_batches: int, recompute: str, params_dtype: str) -> TrainerMemory:
+    state = state_bytes(m, tp, pp, dp, 0, params_dtype)
+    last = state_bytes(m, tp, pp, dp, pp - 1, params_dtype)
+    state = max(state, last, key=lambda s: sum(s.values()))
+    acts = layer_activation_bytes(m, seq, mbs, tp, recompute) * in_flight_layers(m.layers, pp, vpp, micro_batches)
+    if recompute == "full":  # plus one layer's full working set while it is recomputed
+        acts += layer_activation_bytes(m, seq, mbs, tp, "selective")
+    chunk = min(LOSS_CHUNK_TOKENS, seq * mbs)
+    return TrainerMemory(**state, activations=int(acts), loss_workspace=4 * chunk * m.vocab // tp,
+                         logits_avoided=4 * seq * mbs * m.vocab // tp)
+
+
+def kv_bytes_per_token(m: ModelShape, rollout_tp: int) -> int:
+    """bf16 K and V of one token on one GPU of a rollout engine (KV heads replicate once TP exceeds them)."""
+    kv_heads_per_gpu = max(1, m.kv_heads // rollout_tp)
+    return 2 * 2 * m.layers * kv_heads_per_gpu * m.head_dim
+
+
+@dataclass(frozen=True)
+class RolloutMemory:
+    weights: int
+    kv_cache: int
+    seqs_fit: int  # sequences of the longest rollout the KV cache holds at once, per engine
+
+
+def rollout_memory(m: ModelShape, total_params: int, rollout_tp: int, gpu_bytes: float,
+                   fraction: float, seq: int) -> RolloutMemory:
+    weights = 2 * total_params // rollout_tp
+    kv = max(0, int(fraction * gpu_bytes) - weights)
+    return RolloutMemory(weights, kv, kv // (kv_bytes_per_token(m, rollout_tp) * seq))
