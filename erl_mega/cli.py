@@ -12,7 +12,7 @@ from erl_mega.config.compose import compose_raw, group_options
 from erl_mega.config.rules import rule_of
 from erl_mega.config.schema import RunConfig, build
 
-USAGE = ("usage: erl-mega {train,eval,export,plan} [--cfg job] [overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]\n"
+USAGE = ("usage: erl-mega {train,eval,export,plan,serve} [--cfg job] [overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]\n"
          "       erl-mega train --help   lists the config groups, their options and every key")
 
 
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from erl_mega.plan.command import plan_main
 
         return plan_main(args[1:])
+    if args and args[0] == "serve":  # a rollout server process: its own small key=value config
+        from erl_mega.rollout.server.serve import main as serve
+
+        return serve(args[1:])
     if not args or args[0] not in ("train", "eval", "export"):
         print(USAGE, file=sys.stderr)
         return 2

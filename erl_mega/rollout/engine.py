@@ -33,6 +33,7 @@ class GenerationRequest:
     prompt_ids: tuple[int, ...]
     params: SamplingParams
     seed: int | None = None  # per-request sampling seed, for reproducible rollouts
+    session: str | None = None  # an episode's id: a router keeps its turns on one server, where its prefix is cached
 
 
 @dataclass(frozen=True)
