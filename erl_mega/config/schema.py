@@ -99,9 +99,15 @@ class EnvConfig:
     options: dict = field(metadata={"allowed": "any"})  # the environment's constructor checks them (below)
 
     def __post_init__(self) -> None:
-        from erl_mega.envs.base import make_env
+        from erl_mega.envs.base import make_env, task_seed
 
-        make_env(self.name, max_turns=self.max_turns, **self.options)  # a bad option fails here, at start
+        env = make_env(self.name, max_turns=self.max_turns, **self.options)  # a bad option fails here, at start
+        for split in ("train", "test"):  # and a setting that leaves a split without tasks (a few ms per split)
+            try:
+                env.reset(task_seed(split, 0))
+            except RuntimeError as err:
+                raise ValueError(f"env={self.name} with max_turns={self.max_turns} and options {self.options} "
+                                 f"has no {split} task: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def draw_map(seed: int, sizes: tuple[int, int], probs: tuple[float, float], max_
         path = shortest_path(desc, (0, 0))
         if path is not None and len(path) <= max_turns and content_split("\n".join(desc)) == split_of(seed):
             return desc
-    raise RuntimeError(f"no valid map for seed {seed} in 10000 draws")
+    raise RuntimeError(f"no {split_of(seed)} map of size {sizes[0]}-{sizes[1]} is solvable within {max_turns} moves "
+                       f"(seed {seed}, 10000 draws)")
 
 
 class FrozenLake:

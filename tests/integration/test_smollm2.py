@@ -139,7 +139,7 @@ def test_one_erl_step_through_megatron_sync_and_engine(cache, checkpoint, tmp_pa
     out = tmp_path / "run"
     overrides = {
         "model": "smollm2-135m", "model.cache_dir": cache, "steps": 1, "tasks_per_step": 1, "algo.n_rollouts": 2,
-        "env.max_turns": 2, "rollout.reflect_max_new_tokens": 24, "eval_tasks": 0, "checkpoint_every": 0,
+        "env.max_turns": 4, "rollout.reflect_max_new_tokens": 24, "eval_tasks": 1, "checkpoint_every": 0,
         "plot": "false", "out_dir": out,
     }
     train(load_config([f"{k}={v}" for k, v in overrides.items()]))

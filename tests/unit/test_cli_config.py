@@ -110,3 +110,9 @@ def test_real_command_line_reports_one_line():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "erl-mega: config error: rollout.top_p=2.0: must be in (0, 1]"]
+
+
+def test_a_turn_limit_that_leaves_no_held_out_map_is_one_line(capsys):
+    assert main(["train", "env.max_turns=2"]) == 2  # every 2x2 FrozenLake map falls in the train split by content
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "max_turns=2" in line and "no test task" in line and "solvable within 2 moves" in line

@@ -64,3 +64,4 @@ def test_seed_splits_are_disjoint_and_options_validated():
         make_env("frozenlake", max_turns=4, sise=3)
     with pytest.raises(ValueError, match="size"):
         make_env("frozenlake", size=40)
+
