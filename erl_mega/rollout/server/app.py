@@ -78,7 +78,8 @@ async def generate_one(state: ServerState, rid: str, request: GenerationRequest,
         out = await asyncio.wrap_future(state.scheduler.submit(rid, request))
     except Aborted:
         return aborted(rid, request, state.scheduler.weight_version)
-    return response(rid, request, out, logprob, state.scheduler.weight_version)
+    # the version that sampled it: a push may have landed between the batch's end and this reply
+    return response(rid, request, out, logprob, str(out.weight_version))
 
 
 def _generation_routes(app: FastAPI, state: ServerState) -> None:
