@@ -118,6 +118,7 @@ TRANSPORTS = ("shm", "cuda_ipc", "broadcast", "disk")  # how weights reach serve
 
 
 def _urls(urls: list) -> str | None:
+    """http(s) URLs of running SGLang servers"""
     bad = [u for u in urls if not (isinstance(u, str) and u.startswith(("http://", "https://")))]
     return None if not bad else f"must be http(s) URLs of running servers, got {bad[0]!r}"
 
