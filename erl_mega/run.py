@@ -211,6 +211,9 @@ def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | Non
         console.print(f"trainer.async_steps={k}: rollout is colocated with training (rollout.placement), so it runs "
                       "synchronously; use rollout=server|sglang rollout.placement=disaggregated to overlap them")
         return None
+    if cfg.algo.loss.off_policy.mode is None and cfg.algo.loss.tis_cap is None:
+        console.print(f"trainer.async_steps={k}: rows up to {k} versions old train without importance correction; "
+                      "set algo.loss.off_policy.mode=truncate (TIS) or mask (MIS)")
     return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every)
 
 

@@ -39,12 +39,15 @@ def test_colocated_servers_run_the_erl_loop(cache, tmp_path):
 
 def test_async_steps_bound_the_staleness(cache, tmp_path):
     out = tmp_path / "async"
-    assert main(["train", *overrides(cache, out, steps=3, checkpoint_every=0, **APART)]) == 0
+    tis = {"algo.loss.off_policy.mode": "truncate"}
+    assert main(["train", *overrides(cache, out, steps=3, checkpoint_every=0, **APART, **tis)]) == 0
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert r["staleness_max"] <= 1 and r["rows_rejected_stale"] == 0
-        assert r["sync_bytes"] > 0 and "time_wait_rollout" in r
+        assert r["sync_bytes"] > 0 and "time_wait_rollout" in r and "is_weight_mean" in r
+    # step 2's collection began while step 1 trained: its first replies came from version 0, one behind
+    assert rows[1]["staleness_max"] == 1
     assert not serving(str(cache))
 
 
