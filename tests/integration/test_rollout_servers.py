@@ -1,5 +1,6 @@
-"""`erl-mega train` with its rollouts served by two `erl-mega serve` processes: synchronous, asynchronous,
-and an asynchronous run killed and resumed. Every server is gone once a run ends (or its group is killed)."""
+"""Rollouts served by two `erl-mega serve` processes: the per-episode agent loop through the router samples
+what the in-process batched loop does, and `erl-mega train` runs synchronous, asynchronous, and
+asynchronous killed and resumed. Every server is gone once a run ends (or its process group is killed)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,22 @@ import sys
 import time
 
 import pytest
+import torch
+from rich.console import Console
 from tiny_run import metrics, overrides, serving
+from transformers import AutoModelForCausalLM
 
 from erl_mega.cli import load_config, main
+from erl_mega.envs.base import make_env, task_seed
+from erl_mega.model.hf_io import load_tokenizer
+from erl_mega.rollout.agent_loop import EpisodeSpec, play_episodes
+from erl_mega.rollout.chat import ChatFormat
+from erl_mega.rollout.client import ServerClient
+from erl_mega.rollout.engine import SamplingParams
+from erl_mega.rollout.local import LocalEngine
+from erl_mega.rollout.router import Router
+from erl_mega.rollout.server.process import ServerProcess
+from erl_mega.run import resolve_policy
 
 pytestmark = pytest.mark.slow
 SERVERS = {"rollout": "server", "rollout.num_servers": 2}
@@ -24,13 +38,44 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("policy")
 
 
+def test_episodes_through_the_router_are_the_in_process_loops(cache, tmp_path):
+    cfg = load_config(overrides(cache, tmp_path / "unused"))
+    policy = resolve_policy(cfg, Console(quiet=True))
+    tokenizer = load_tokenizer(policy)
+    chat = ChatFormat(tokenizer)
+    make = lambda: make_env(cfg.env.name, max_turns=cfg.env.max_turns)  # noqa: E731
+    specs = [EpisodeSpec(task_seed("train", i), cfg.env.initial_prompt, 100 + i) for i in range(8)]
+    local = LocalEngine(AutoModelForCausalLM.from_pretrained(policy), tokenizer.pad_token_id)
+    procs = [ServerProcess.embedded(str(policy), log_path=tmp_path / f"s{i}.log", pad_token_id=tokenizer.pad_token_id)
+             for i in range(2)]
+    try:
+        for p in procs:
+            p.start(wait=False)
+        for p in procs:
+            p.wait_healthy()
+        router = Router([ServerClient(p.url) for p in procs], procs)
+        for temperature in (0.0, 1.0):  # greedy, and sampled with the same per-turn seeds
+            params = SamplingParams(cfg.rollout.max_new_tokens, temperature, stop_token_ids=chat.stop_ids)
+            batched = play_episodes(make, local, chat, specs, params, 1024)
+            independent = play_episodes(make, router, chat, specs, params, 1024)
+            for a, b in zip(batched, independent):
+                assert a.token_ids() == b.token_ids() and a.turns == b.turns
+                torch.testing.assert_close(torch.tensor(a.rollout_logprobs()), torch.tensor(b.rollout_logprobs()),
+                                           atol=1e-5, rtol=0)
+        assert sum(m["requests"] > 0 for m in router.metrics()) == 2  # both servers served episodes
+    finally:
+        for p in procs:
+            p.stop()
+
+
 def test_colocated_servers_run_the_erl_loop(cache, tmp_path):
     out = tmp_path / "colocated"
-    assert main(["train", *overrides(cache, out, steps=2, checkpoint_every=0, **SERVERS)]) == 0
+    # async_steps with colocated servers: runs synchronously (rollout shares the trainer's devices)
+    assert main(["train", *overrides(cache, out, steps=2, checkpoint_every=0, **SERVERS, **{"trainer.async_steps": 1})]) == 0
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["rows"] > 0 and r["sync_bytes"] > 0
+        assert r["rows"] > 0 and r["sync_bytes"] > 0 and "staleness_max" not in r
         assert r["logprob_gap_mean"] < 1e-4  # the servers hold the trainer's fp32 weights, pushed by shared memory
         assert r["mem_train_trainer_mb"] > 0 and r["mem_rollout_rollout_mb"] > 0  # peak memory per phase
     assert (out / "rollout_server0.log").exists() and (out / "rollout_server1.log").exists()
