@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -164,31 +165,27 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
     log = MetricsLog(out, resume_step=start) if leader else None
     collector = _collector(cfg, c, workflow, start, console)
     phases = PhaseMemory(c.rollout.pids if leader else list)
-    try:
-        with progress_bar(console) as bar:
-            task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
-            for step in range(start + 1, cfg.steps + 1):
-                if cfg.env_step_budget and env_steps >= cfg.env_step_budget:
-                    break
-                clock = time.perf_counter()
-                metrics = train_step(step, cfg, workflow, trainer, c, collector, phases)
-                env_steps += int(broadcast_from_leader(metrics.get("env_steps", 0.0)))
-                if leader:
-                    metrics["env_steps_total"] = float(env_steps)
-                    if cfg.eval_every and step % cfg.eval_every == 0:
-                        metrics["heldout_success"] = run_eval(c).success
-                    log.write(step, metrics | {"time_step": time.perf_counter() - clock})
-                    bar.update(task, advance=1, info=_summary(metrics))
-                    if not console.is_terminal:  # logs (CI, SLURM) get a line per step instead of a live bar
-                        console.print(f"step {step}/{cfg.steps}: {_summary(metrics)}")
-                last = step == cfg.steps or (cfg.env_step_budget and env_steps >= cfg.env_step_budget)
-                if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or last):
-                    save_checkpoint(out, step, trainer, memory, {"base_eval": base_eval, "env_steps": env_steps})
-                if collector is not None:
-                    collector.done(step)
-    finally:
-        if collector is not None:
-            collector.close()
+    with progress_bar(console) as bar, closing(collector) if collector else nullcontext():
+        task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
+        for step in range(start + 1, cfg.steps + 1):
+            if cfg.env_step_budget and env_steps >= cfg.env_step_budget:
+                break
+            clock = time.perf_counter()
+            metrics = train_step(step, cfg, workflow, trainer, c, collector, phases)
+            env_steps += int(broadcast_from_leader(metrics.get("env_steps", 0.0)))
+            if leader:
+                metrics["env_steps_total"] = float(env_steps)
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    metrics["heldout_success"] = run_eval(c).success
+                log.write(step, metrics | {"time_step": time.perf_counter() - clock})
+                bar.update(task, advance=1, info=_summary(metrics))
+                if not console.is_terminal:  # logs (CI, SLURM) get a line per step instead of a live bar
+                    console.print(f"step {step}/{cfg.steps}: {_summary(metrics)}")
+            last = step == cfg.steps or (cfg.env_step_budget and env_steps >= cfg.env_step_budget)
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or last):
+                save_checkpoint(out, step, trainer, memory, {"base_eval": base_eval, "env_steps": env_steps})
+            if collector is not None:
+                collector.done(step)
     if not leader:
         return None
     log.close()
@@ -251,13 +248,12 @@ def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Component
 
 
 def train_step(step: int, cfg: RunConfig, workflow: ErlWorkflow | None, trainer: MegatronTrainer,
-               c: Components | None, collector: AsyncCollector | None = None,
-               phases: PhaseMemory | None = None) -> dict[str, float]:
+               c: Components | None, collector: AsyncCollector | None, phases: PhaseMemory) -> dict[str, float]:
     """One ERL step: the leader collects (or takes the producer's batch), every rank trains, weights are pushed.
 
     Colocated rollout memory is released for the train step; peak memory is logged per phase.
     """
-    phases, metrics = phases or PhaseMemory(), {}
+    metrics: dict[str, float] = {}
     with phases.phase("rollout", metrics):
         if c is None:
             batch = None
