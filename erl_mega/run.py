@@ -12,11 +12,14 @@ placed apart and `trainer.async_steps > 0` collection runs ahead of training (er
 from __future__ import annotations
 
 import random
+import signal
+import sys
+import threading
 import time
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -142,12 +145,26 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
     loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)  # rows carry their own sampling temperature
     params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
     trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed, params_dtype=params_dtype)
-    c = build(cfg, console, policy_dir) if leader else None
+    with _sigterm_exits():
+        c = build(cfg, console, policy_dir) if leader else None
+        try:
+            return _run(cfg, out, console, trainer, c)
+        finally:
+            if c is not None:
+                c.rollout.close()  # servers we started end with the run, whatever ended it
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (kill, scancel) ends the run as an exception would: through the finally blocks that end its servers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        return _run(cfg, out, console, trainer, c)
+        yield
     finally:
-        if c is not None:
-            c.rollout.close()  # servers we started end with the run, whatever ended it
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, c: Components | None) -> dict | None:

@@ -116,3 +116,22 @@ def test_async_run_killed_and_resumed_loses_and_repeats_no_step(cache, tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4], f"killed after step {killed_at}"
     assert all(r["staleness_max"] <= 1 for r in rows)
     assert not serving(str(cache))
+
+
+def test_sigterm_ends_the_run_and_its_servers(cache, tmp_path):
+    out = tmp_path / "terminated"
+    args = overrides(cache, out, steps=50, checkpoint_every=0, **SERVERS)
+    run = subprocess.Popen([sys.executable, "-m", "erl_mega", "train", *args], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "metrics.jsonl").exists():  # servers up, training under way
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert len(serving(str(cache))) == 2
+        run.terminate()  # SIGTERM to the run alone, as scancel or kill would
+        assert run.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert not serving(str(cache))
