@@ -22,6 +22,7 @@ SEED = "[0, 2147483647]"  # numpy, torch and the rollout seed arithmetic all acc
 
 
 def _hf_checkpoint(path: str) -> str | None:
+    """an HF checkpoint directory (config.json and weights)"""
     from erl_mega.model.hf_io import checkpoint_problem
 
     reason = checkpoint_problem(path)
@@ -29,6 +30,7 @@ def _hf_checkpoint(path: str) -> str | None:
 
 
 def _env_name(name: str) -> str | None:
+    """a registered environment"""
     from erl_mega.envs.base import env_names
 
     return None if name in env_names() else f"must be one of {env_names()}"

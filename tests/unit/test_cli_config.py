@@ -19,7 +19,8 @@ TABLE = [  # issue 16's rows
     "model.tiny.num_layers=0", "env=sokoban", "stpes=1",
 ]
 BAD = {">= 1": 0, ">= 0": -1, "> 0": -1.0, "> 1": 0.5, "finite": "nan", "nonempty": "' '", "[0, 1]": 1.5,
-       "(0, 1]": 0, "[0, 1)": 1, "(0, 100]": 0, "[0, 2147483647]": -1}
+       "(0, 1]": 0, "[0, 1)": 1, "(0, 100]": 0, "[0, 2147483647]": -1, "[0, 999999]": 10**6}
+UNBOUNDED = "any"  # booleans, free-form options: every value of the type is allowed
 
 
 def _field_rows():
@@ -29,6 +30,8 @@ def _field_rows():
             rows.append(f"{path}=no-such-choice")
         elif rule in BAD:
             rows.append(f"{path}={BAD[rule]}")
+        elif not callable(rule) and rule != UNBOUNDED:  # callables have their own tests below
+            raise AssertionError(f"{path}: rule {rule!r} has no out-of-range value in BAD")
     return rows
 
 
@@ -101,6 +104,7 @@ def test_help_and_printing_the_config(capsys):
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
     assert "algo: erl, grpo" in text and "trainer.lr=0.0005" in text
+    assert "allowed: an HF checkpoint directory" in text and "_hf_checkpoint" not in text
     assert main(["train", "--cfg", "job", "trainer.lr=1e-3"]) == 0
     assert "lr: 0.001" in capsys.readouterr().out
 
