@@ -218,6 +218,9 @@ def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Component
         "distill_rows": float(distilled.sum()),
         "distill_token_share": float((batch.loss_mask * distilled[:, None]).sum()) / max(float(batch.loss_mask.sum()), 1.0),
         "env_steps": float(sum(len(tr.turns) for t in episodes.tasks for tr in t.attempt1 + t.attempt2)),
+        # gateway episodes (agent.entry): calls whose history did not match what was sampled; 0 for the native loop
+        "prefix_mismatches": float(sum(tr.meta.get("prefix_mismatches", 0) for t in episodes.tasks
+                                       for tr in t.attempt1 + t.attempt2)),
         "time_rollout": rollout_seconds,
         "rollout_tokens_per_s": sampled / max(rollout_seconds, 1e-9),
     }

@@ -159,8 +159,11 @@ def openai_router(gateway: Gateway) -> APIRouter:
 
 
 def mount_openai(app: FastAPI, engine: RolloutEngine, chat: ChatFormat, *, model_name: str, max_context: int,
-                 default_max_tokens: int = 256) -> Gateway:
-    """Serve the OpenAI-compatible gateway from `app` over `engine`; returns its state (traces included)."""
-    gateway = Gateway(Sampler(engine, chat, max_context, default_max_tokens), chat, model_name, TraceStore())
+                 default_max_tokens: int = 256, concurrent: bool = False) -> Gateway:
+    """Serve the OpenAI-compatible gateway from `app` over `engine`; returns its state (traces included).
+
+    `concurrent`: the engine takes calls from many threads at once (a Scheduler, a Router); else one at a time.
+    """
+    gateway = Gateway(Sampler(engine, chat, max_context, default_max_tokens, concurrent), chat, model_name, TraceStore())
     app.include_router(openai_router(gateway))
     return gateway

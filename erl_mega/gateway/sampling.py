@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -40,12 +41,13 @@ class CallSpec:
 
 
 class Sampler:
-    """Runs calls through one engine, one at a time (the engine batches the n choices of a call)."""
+    """Runs calls through one engine: one at a time unless it takes `concurrent` calls (a scheduler, a router)."""
 
-    def __init__(self, engine: RolloutEngine, chat: ChatFormat, max_context: int, default_max_tokens: int) -> None:
+    def __init__(self, engine: RolloutEngine, chat: ChatFormat, max_context: int, default_max_tokens: int,
+                 concurrent: bool = False) -> None:
         self.engine, self.chat = engine, chat
         self.max_context, self.default_max_tokens = max_context, default_max_tokens
-        self._lock = threading.Lock()
+        self._lock = contextlib.nullcontext() if concurrent else threading.Lock()
 
     def sample(self, spec: CallSpec) -> list[Choice]:
         """n choices for the prompt; a prompt that leaves no room for one new token is a 400."""

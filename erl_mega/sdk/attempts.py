@@ -19,7 +19,8 @@ import openai
 
 from erl_mega.envs.base import Env
 from erl_mega.rollout.agent_loop import EpisodeSpec
-from erl_mega.rollout.engine import RolloutEngine, SamplingParams
+from erl_mega.rollout.engine import SamplingParams
+from erl_mega.rollout.local import LocalEngine
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.trajectory import Trajectory
 from erl_mega.sdk.episode import AgentContext, Episode, Sampling
@@ -71,19 +72,25 @@ class GatewayAttempts:
     """ERL's attempts played by an Agent through a gateway URL, `concurrency` episodes at a time."""
 
     def __init__(self, agent_: Agent, base_url: str, make_env: Callable[[], Env], concurrency: int,
-                 model: str = "erl-mega", server=None) -> None:
+                 model: str = "erl-mega", closers: tuple[Callable[[], None], ...] = ()) -> None:
         self.agent, self.base_url, self.make_env = agent_, base_url, make_env
-        self.concurrency, self.model, self._server = concurrency, model, server
+        self.concurrency, self.model, self._closers = concurrency, model, closers
 
     @classmethod
-    def in_process(cls, agent_: Agent, engine: RolloutEngine, chat: ChatFormat, make_env: Callable[[], Env],
+    def in_process(cls, agent_: Agent, engine: LocalEngine, chat: ChatFormat, make_env: Callable[[], Env],
                    max_context: int, concurrency: int) -> "GatewayAttempts":
-        """Serve a gateway over `engine` from a thread of this process (the embedded run) and play through it."""
-        from erl_mega.gateway.serve import ServerThread, gateway_app
+        """Serve a gateway over `engine` from a thread of this process (the embedded run) and play through it.
 
-        app, _ = gateway_app(engine, chat, "erl-mega", max_context)
+        A Scheduler batches the concurrent agents' calls; weight syncs reach `engine` between steps, when no agent runs.
+        """
+        from erl_mega.gateway.mount import ScheduledEngine
+        from erl_mega.gateway.serve import ServerThread, gateway_app
+        from erl_mega.rollout.server.scheduler import Scheduler
+
+        scheduler = Scheduler(engine)
+        app, _ = gateway_app(ScheduledEngine(scheduler), chat, "erl-mega", max_context, concurrent=True)
         server = ServerThread(app)
-        return cls(agent_, server.url, make_env, concurrency, server=server)
+        return cls(agent_, server.url, make_env, concurrency, closers=(server.close, scheduler.stop))
 
     def play(self, specs: list[EpisodeSpec], params: SamplingParams) -> list[Trajectory]:
         """One Trajectory per spec, in order; sampled as `params` say, whatever the agent asks for."""
@@ -96,5 +103,6 @@ class GatewayAttempts:
             return list(pool.map(one, specs))
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        """Stop what `in_process` started (nothing for a gateway elsewhere)."""
+        for close in self._closers:
+            close()

@@ -23,6 +23,7 @@ def test_erl_step_with_langgraph_agent_sees_the_new_weights(tool_checkpoint, tmp
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["attempt1_success"] == 0.0 and "attempt2_success" in row  # the agent played attempts 1 and 2
     assert row["rows"] >= 4 and row["logprob_gap_mean"] < 1e-4  # the trainer scores exactly the sampled tokens
+    assert row["prefix_mismatches"] == 0
     versions = [s["fingerprint"] for s in SEEN]
     # base eval and both attempts under weights 0; after the step's sync the agent's next call says version 1
     assert versions[-2:] == ["weights-v1"] * 2 and set(versions[:-2]) == {"weights-v0"} and SEEN[-1]["header"] == "1"
