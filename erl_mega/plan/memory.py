@@ -41,20 +41,28 @@ def state_bytes(m: ModelShape, tp: int, pp: int, dp: int, stage: int, params_dty
             "optimizer": 2 * 4 * n // dp}
 
 
-def layer_activation_bytes(m: ModelShape, seq: int, mbs: int, tp: int, recompute: str) -> int:
-    """bf16 activations one layer keeps for backward per micro-batch (no sequence parallelism, no dropout).
+def layer_activation_bytes(m: ModelShape, seq: int, mbs: int, tp: int, recompute: str, dtype_bytes: int = 2) -> int:
+    """Bytes one layer keeps for backward per micro-batch, counted as megatron-core with our layer spec saves them.
 
-    Kept: both norms' inputs and outputs (replicated over TP), q/k/v and attention output, gate/up and
-    the SwiGLU product (sharded). Without recompute the softmax [heads, s, s] is kept too; full
-    recompute keeps only the layer input.
+    Measured against autograd's saved tensors of a GPTModel forward (tests/unit/test_plan_activations.py):
+    each RMSNorm keeps its input, x * rstd and rstd, its output is the next linear's input (replicated
+    over TP, no sequence parallelism); attention keeps the fused qkv output (v is a view of it), q and k
+    after RoPE, SDPA's output and log-sum-exp (flash / efficient kernels: no [heads, s, s] scores); the
+    SwiGLU MLP keeps [gate; up], silu(gate), a copy of up and the product; RoPE's cos / sin for q and k.
+    Qwen3's q/k norms add q's input, both normalised heads and their rstd. Selective recompute
+    (megatron's core-attention checkpoint) drops only the log-sum-exp; full recompute keeps the layer's
+    input. Fused GPU RMSNorm keeps about 2 * hidden fewer elements per token: an upper bound there.
     """
     tokens = seq * mbs
     if recompute == "full":
-        return 2 * tokens * m.hidden
-    replicated = 8 * tokens * m.hidden
-    sharded = 2 * tokens * ((m.heads + 2 * m.kv_heads) * m.head_dim + m.heads * m.head_dim + 3 * m.ffn)
-    softmax = 2 * mbs * m.heads * seq * seq if recompute == "none" else 0
-    return replicated + (sharded + softmax) // tp
+        return dtype_bytes * tokens * m.hidden
+    heads, kv, ffn = m.heads // tp, m.kv_heads // tp, m.ffn // tp
+    norms = 2 * (3 * m.hidden + 1)
+    attention = (heads + 2 * kv) * m.head_dim + (2 * heads + kv) * m.head_dim + (heads if recompute == "none" else 0)
+    if m.qk_norm:
+        attention += (2 * heads + kv) * m.head_dim + heads + kv
+    rope = 4 * seq * m.head_dim  # cos and sin for q and k, one table per micro-batch
+    return dtype_bytes * (tokens * (norms + attention + 5 * ffn) + rope)
 
 
 def in_flight_layers(layers: int, pp: int, vpp: int, micro_batches: int) -> float:
@@ -72,9 +80,10 @@ def trainer_memory(m: ModelShape, tp: int, pp: int, dp: int, vpp: int, seq: int,
     state = state_bytes(m, tp, pp, dp, 0, params_dtype)
     last = state_bytes(m, tp, pp, dp, pp - 1, params_dtype)
     state = max(state, last, key=lambda s: sum(s.values()))
-    acts = layer_activation_bytes(m, seq, mbs, tp, recompute) * in_flight_layers(m.layers, pp, vpp, micro_batches)
-    if recompute == "full":  # plus one layer's full working set while it is recomputed
-        acts += layer_activation_bytes(m, seq, mbs, tp, "selective")
+    act_bytes = DTYPE_BYTES[params_dtype]
+    acts = layer_activation_bytes(m, seq, mbs, tp, recompute, act_bytes) * in_flight_layers(m.layers, pp, vpp, micro_batches)
+    if recompute == "full":  # plus one layer's whole working set while backward recomputes it
+        acts += layer_activation_bytes(m, seq, mbs, tp, "none", act_bytes)
     chunk = min(LOSS_CHUNK_TOKENS, seq * mbs)
     return TrainerMemory(**state, activations=int(acts), loss_workspace=4 * chunk * m.vocab // tp,
                          logits_avoided=4 * seq * mbs * m.vocab // tp)

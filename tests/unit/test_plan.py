@@ -81,3 +81,13 @@ def test_unknown_key_is_one_clear_error():
         plan_config(["cluster.gpu=8"])
     with pytest.raises(ValueError, match="placement.mode"):
         plan_config(["placement.mode=sideways"])
+
+
+def test_plot_draws_a_png_per_phase_and_refuses_a_missing_path(tmp_path, capsys):
+    from erl_mega.plan.command import plan_main
+
+    path = tmp_path / "plan.png"
+    assert plan_main(["model=qwen3-8b", "cluster.nodes=1", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plan_main(["--plot", "model=qwen3-8b"]) == 2
+    assert "--plot needs a PATH" in capsys.readouterr().err
