@@ -9,12 +9,12 @@ from erl_mega.plan.shape import ModelShape
 
 DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
 GRAD_BYTES = 4  # the trainer reduces gradients in fp32 (DistributedDataParallelConfig(grad_reduce_in_fp32=True))
-LOSS_CHUNK_TOKENS = 1024  # fused log-prob kernel: fp32 logits for this many tokens at a time, never [tokens, vocab]
+LOSS_CHUNK_ROWS = 2048  # the fused loss kernel's chunk (DEFAULT_CHUNK_ROWS in kernels/chunked_lm_head.py)
 
 
 @dataclass(frozen=True)
 class TrainerMemory:
-    """Bytes on the busiest pipeline rank (the first: most micro-batches in flight, plus the embedding)."""
+    """Bytes on the busiest pipeline rank."""
 
     params: int
     grads: int
@@ -65,28 +65,45 @@ def layer_activation_bytes(m: ModelShape, seq: int, mbs: int, tp: int, recompute
     return dtype_bytes * (tokens * (norms + attention + 5 * ffn) + rope)
 
 
-def in_flight_layers(layers: int, pp: int, vpp: int, micro_batches: int) -> float:
-    """Layer-micro-batches of activations the first pipeline rank holds at its peak (1F1B / interleaved)."""
+def in_flight_layers(layers: int, pp: int, vpp: int, micro_batches: int, rank: int = 0) -> float:
+    """Layer-micro-batches of activations pipeline rank `rank` holds at its peak (megatron's 1F1B / interleaved warm-up)."""
     if pp == 1:
         return layers
     if vpp == 1:
-        return min(pp, micro_batches) * layers / pp
-    warmup = min((pp - 1) * 2 + (vpp - 1) * pp + 1, micro_batches * vpp)  # megatron's interleaved warm-up
+        return min(pp - rank, micro_batches) * layers / pp
+    warmup = min((pp - rank - 1) * 2 + (vpp - 1) * pp + 1, micro_batches * vpp)
     return warmup * layers / (pp * vpp)
+
+
+def loss_workspace_bytes(m: ModelShape, tokens: int, tp: int, params_dtype: str) -> int:
+    """The fused lm-head loss kernel's memory (kernels/chunked_lm_head.py) on the last pipeline stage.
+
+    Per chunk of rows: fp32 logits [C, V / tp] and a d(logits) buffer in the input dtype (fp32 reuses
+    the logits); gradients formed in the forward and kept for the backward: d(hidden) fp32 [tokens, H]
+    and d(weight) fp32 [V / tp, H].
+    """
+    vocab = m.vocab // tp
+    chunk = min(LOSS_CHUNK_ROWS, tokens)
+    grad_buffer = 0 if params_dtype == "float32" else DTYPE_BYTES[params_dtype]
+    return chunk * vocab * (4 + grad_buffer) + 4 * tokens * m.hidden + 4 * vocab * m.hidden
 
 
 def trainer_memory(m: ModelShape, tp: int, pp: int, dp: int, vpp: int, seq: int, mbs: int,
                    micro_batches: int, recompute: str, params_dtype: str) -> TrainerMemory:
-    state = state_bytes(m, tp, pp, dp, 0, params_dtype)
-    last = state_bytes(m, tp, pp, dp, pp - 1, params_dtype)
-    state = max(state, last, key=lambda s: sum(s.values()))
-    act_bytes = DTYPE_BYTES[params_dtype]
-    acts = layer_activation_bytes(m, seq, mbs, tp, recompute, act_bytes) * in_flight_layers(m.layers, pp, vpp, micro_batches)
+    """The busier of the first pipeline rank (most micro-batches in flight, the embedding) and the last (head, loss)."""
+    act_bytes, tokens = DTYPE_BYTES[params_dtype], seq * mbs
+    per_layer = layer_activation_bytes(m, seq, mbs, tp, recompute, act_bytes)
     if recompute == "full":  # plus one layer's whole working set while backward recomputes it
-        acts += layer_activation_bytes(m, seq, mbs, tp, "none", act_bytes)
-    chunk = min(LOSS_CHUNK_TOKENS, seq * mbs)
-    return TrainerMemory(**state, activations=int(acts), loss_workspace=4 * chunk * m.vocab // tp,
-                         logits_avoided=4 * seq * mbs * m.vocab // tp)
+        recomputing = layer_activation_bytes(m, seq, mbs, tp, "none", act_bytes)
+    else:
+        recomputing = 0
+    ranks = []
+    for rank in sorted({0, pp - 1}):
+        acts = per_layer * in_flight_layers(m.layers, pp, vpp, micro_batches, rank) + recomputing
+        loss = loss_workspace_bytes(m, tokens, tp, params_dtype) if rank == pp - 1 else 0
+        ranks.append(TrainerMemory(**state_bytes(m, tp, pp, dp, rank, params_dtype), activations=int(acts),
+                                   loss_workspace=loss, logits_avoided=4 * tokens * m.vocab // tp))
+    return max(ranks, key=lambda t: t.peak)
 
 
 def kv_bytes_per_token(m: ModelShape, rollout_tp: int) -> int:
