@@ -19,7 +19,7 @@ import time
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from erl_mega.algo.erl import ErlWorkflow, Episodes
 from erl_mega.algo.memory import ReflectionMemory
-from erl_mega.algo.prompts import with_action_format
 from erl_mega.algo.rows import distill_rows, policy_rows
 from erl_mega.async_loop import AsyncCollector
 from erl_mega.config import run_record
@@ -45,12 +44,15 @@ from erl_mega.report import eval_table, plot_curves, write_samples, write_task_s
 from erl_mega.rollout.build import Rollout, build_rollout
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import RolloutEngine, SamplingParams
-from erl_mega.rollout.trajectory import Segment, Trajectory
+from erl_mega.rollout.trajectory import Trajectory
 from erl_mega.train.batch import TrainBatch, collate
 from erl_mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from erl_mega.train.dist import broadcast_from_leader, init_parallel, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.weights.sync import InProcessWeightSync
+
+if TYPE_CHECKING:  # the SDK needs the `agents` extra; only runs with agent.entry import it
+    from erl_mega.sdk.attempts import GatewayAttempts
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Components:
     make_env: Callable[[], Env]
     action_format: str
     max_context: int
+    attempts: GatewayAttempts | None = None  # agent.entry's agent through an in-process gateway; None: the native loop
 
     @property
     def engine(self) -> RolloutEngine:
@@ -111,13 +114,21 @@ def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> C
     r = cfg.rollout
     with console.status(f"rollout: {r.backend}" + ("" if r.backend == "local" else f", {r.num_servers} server(s)")):
         rollout = build_rollout(cfg, policy_dir, tokenizer.pad_token_id, out)
-    return Components(cfg, policy_dir, ChatFormat(tokenizer), rollout, make, action_format, max_context)
+    chat = ChatFormat(tokenizer)
+    attempts = None
+    if cfg.agent.entry is not None:
+        from erl_mega.sdk import GatewayAttempts, load_agent
+
+        attempts = GatewayAttempts.in_process(load_agent(cfg.agent.entry), rollout.engine, chat, make, max_context,
+                                              cfg.agent.concurrency)
+    return Components(cfg, policy_dir, chat, rollout, make, action_format, max_context, attempts)
 
 
 def run_eval(c: Components) -> EvalResult:
     """Held-out first-attempt evaluation of whatever weights the engine holds."""
     return evaluate(c.make_env, c.engine, c.chat, c.cfg.env.initial_prompt, c.action_format, c.cfg.eval_tasks,
-                    c.cfg.rollout.max_new_tokens, c.max_context, c.cfg.algo.success_threshold, c.cfg.eval_seed_start)
+                    c.cfg.rollout.max_new_tokens, c.max_context, c.cfg.algo.success_threshold, c.cfg.eval_seed_start,
+                    c.attempts)
 
 
 def train(cfg: RunConfig) -> dict[str, dict] | None:
@@ -150,8 +161,10 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
         try:
             return _run(cfg, out, console, trainer, c)
         finally:
-            if c is not None:
-                c.rollout.close()  # servers we started end with the run, whatever ended it
+            if c is not None:  # servers we started (and an agent's gateway) end with the run, whatever ended it
+                if c.attempts is not None:
+                    c.attempts.close()
+                c.rollout.close()
 
 
 @contextmanager
@@ -237,7 +250,7 @@ def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> Er
     act = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, c.chat.stop_ids)
     reflect = SamplingParams(r.reflect_max_new_tokens, r.reflect_temperature, r.reflect_top_p, c.chat.stop_ids)
     return ErlWorkflow(cfg.algo, c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act, reflect,
-                       c.max_context, memory)
+                       c.max_context, memory, c.attempts)
 
 
 def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Components) -> tuple[TrainBatch, dict[str, float]]:
@@ -249,7 +262,8 @@ def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Component
     rollout_seconds = time.perf_counter() - clock
     rows = policy_rows(episodes, cfg.algo.advantage)
     if cfg.algo.name == "erl" and not cfg.algo.no_distill:
-        initial = Segment(c.chat.system(with_action_format(cfg.env.initial_prompt, c.action_format)))
+        # attempt 1's system segment: the initial prompt as the attempts saw it (an agent's tools included)
+        initial = episodes.tasks[0].attempt1[0].segments[0]
         rows += distill_rows(episodes, initial, cfg.algo.distill)
     batch = collate(rows, c.chat.tokenizer.pad_token_id)
     distilled = torch.tensor([r.role == "distill" or r.kind == "distill" for r in rows])
@@ -259,6 +273,9 @@ def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Component
         "distill_rows": float(distilled.sum()),
         "distill_token_share": float((batch.loss_mask * distilled[:, None]).sum()) / max(float(batch.loss_mask.sum()), 1.0),
         "env_steps": float(sum(len(tr.turns) for t in episodes.tasks for tr in t.attempt1 + t.attempt2)),
+        # gateway episodes (agent.entry): calls whose history did not match what was sampled; 0 for the native loop
+        "prefix_mismatches": float(sum(tr.meta.get("prefix_mismatches", 0) for t in episodes.tasks
+                                       for tr in t.attempt1 + t.attempt2)),
         "time_rollout": rollout_seconds,
         "rollout_tokens_per_s": sampled / max(rollout_seconds, 1e-9),
     }
@@ -322,7 +339,7 @@ def evaluate_policy(cfg: RunConfig) -> dict[str, dict]:
     reflect = SamplingParams(cfg.rollout.reflect_max_new_tokens, 0.0, stop_token_ids=c.chat.stop_ids)
     workflow = ErlWorkflow(  # one greedy attempt per task; reflections start from the initial prompt
         replace(cfg.algo, n_rollouts=1), c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act,
-        reflect, c.max_context, ReflectionMemory(cfg.algo.memory_capacity),
+        reflect, c.max_context, ReflectionMemory(cfg.algo.memory_capacity), c.attempts,
     )
     with c.rollout:  # servers we started end here
         episodes = workflow.collect([task_seed("test", i) for i in range(cfg.eval_tasks)], sample_seed=cfg.seed)
