@@ -135,3 +135,28 @@ def test_sigterm_ends_the_run_and_its_servers(cache, tmp_path):
         if run.poll() is None:
             run.kill()
     assert not serving(str(cache))
+
+
+def test_attach_running_servers_by_url(cache, tmp_path):
+    """rollout=sglang with rollout.urls attaches to servers it did not start (here ours, which speak SGLang's API)
+    and leaves them running; weights go by disk."""
+    cfg = load_config(overrides(cache, tmp_path / "unused"))
+    policy = resolve_policy(cfg, Console(quiet=True))
+    pad = load_tokenizer(policy).pad_token_id
+    procs = [ServerProcess.embedded(str(policy), log_path=tmp_path / f"s{i}.log", pad_token_id=pad) for i in range(2)]
+    try:
+        for p in procs:
+            p.start(wait=False)
+        for p in procs:
+            p.wait_healthy()
+        urls = "[" + ",".join(p.url for p in procs) + "]"
+        out = tmp_path / "attached"
+        attach = {"rollout": "sglang", "rollout.urls": urls, "rollout.placement": "disaggregated", "rollout.transport": "disk"}
+        assert main(["train", *overrides(cache, out, steps=1, checkpoint_every=0, **attach)]) == 0
+        (row,) = metrics(out)
+        assert row["sync_bytes"] > 0 and row["logprob_gap_mean"] < 1e-4
+        assert all(p.alive() for p in procs)  # not ours to end
+        assert [ServerClient(p.url).server_version() for p in procs] == ["1", "1"]  # step 1's weights, from disk
+    finally:
+        for p in procs:
+            p.stop()
