@@ -193,7 +193,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
         base_eval = _row(run_eval(c))
     workflow = make_workflow(cfg, c, memory) if leader else None
     log = MetricsLog(out, resume_step=start) if leader else None
-    collector = _collector(cfg, c, workflow, start, console)
+    collector = _collector(cfg, c, workflow, start, env_steps, console)
     phases = PhaseMemory(c.rollout.pids if leader else list)
     with progress_bar(console) as bar, closing(collector) if collector else nullcontext():
         task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
@@ -228,7 +228,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
     return results
 
 
-def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int,
+def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int, env_steps: int,
                console: Console) -> AsyncCollector | None:
     """The leader's rollout producer when `trainer.async_steps > 0` and rollout has devices of its own."""
     k = cfg.trainer.async_steps
@@ -241,7 +241,8 @@ def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | Non
     if cfg.algo.loss.off_policy.mode is None and cfg.algo.loss.tis_cap is None:
         console.print(f"trainer.async_steps={k}: rows up to {k} versions old train without importance correction; "
                       "set algo.loss.off_policy.mode=truncate (TIS) or mask (MIS)")
-    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every)
+    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every,
+                          env_steps, cfg.env_step_budget)
 
 
 def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> ErlWorkflow:
