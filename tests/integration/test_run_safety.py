@@ -56,25 +56,35 @@ def wait_for(predicate, proc, timeout=300.0):
         time.sleep(0.005)
 
 
-def test_kill_9_leaves_no_process_behind(cache, tmp_path):
-    run = start(argv(cache, tmp_path / "run", steps=30))
-    seen: set[int] = set()
-    stopped = None
-    try:
-        def a_writer_is_running():
-            nonlocal stopped
-            for child in psutil.Process(run.pid).children(recursive=True):
-                seen.add(child.pid)
-                if stopped is None and child.ppid() == run.pid:
-                    os.kill(child.pid, signal.SIGSTOP)  # held mid-write, so it is surely alive at the kill
-                    stopped = child.pid
-            return stopped is not None
+def slow_writer_script(path, args):
+    """A script running `erl-mega train` whose shard writers (forked) wait 10 min after opening their files."""
+    path.write_text(textwrap.dedent(f"""\
+        import time
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+        real = filesystem_async._write_item
+        filesystem_async._write_item = lambda *a, **k: (time.sleep(600), real(*a, **k))[1]
+        import erl_mega.cli
+        raise SystemExit(erl_mega.cli.main(["train", *{args!r}]))
+        """))
+    return [sys.executable, str(path)]
 
-        wait_for(a_writer_is_running, run)
+
+def writers_writing(out, run):
+    """The run's writer workers, once each has opened its shard file (so each has asked to die with the run)."""
+    shards = list(out.glob(".step_*.tmp/trainer/*.distcp"))
+    children = psutil.Process(run.pid).children()
+    return children if shards and len(shards) == len(children) else []
+
+
+def test_kill_9_leaves_no_process_behind(cache, tmp_path):
+    out = tmp_path / "run"
+    run = start(slow_writer_script(tmp_path / "train.py", argv(cache, out, steps=2)[4:]))
+    try:
+        wait_for(lambda: writers_writing(out, run), run)
+        seen = {p.pid for p in psutil.Process(run.pid).children(recursive=True)}
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        alive = seen
+        deadline, alive = time.monotonic() + 10, seen
         while alive and time.monotonic() < deadline:
             alive = {p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
             time.sleep(0.05)
@@ -82,6 +92,25 @@ def test_kill_9_leaves_no_process_behind(cache, tmp_path):
     finally:
         run.kill()
         run.wait()
+
+
+def test_a_sigkilled_writer_stops_the_run_in_one_line(cache, tmp_path):
+    out = tmp_path / "run"
+    run = start(slow_writer_script(tmp_path / "train.py", argv(cache, out, steps=2)[4:]))
+    try:
+        wait_for(lambda: writers_writing(out, run), run)
+        victim = writers_writing(out, run)[0].pid
+        clock = time.monotonic()
+        os.kill(victim, signal.SIGKILL)  # as the OOM killer would
+        err = run.communicate(timeout=60)[1].strip().splitlines()[-1]
+        assert time.monotonic() - clock < 30  # seconds, on a loaded machine; it hung forever before
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 2
+    assert err.startswith("erl-mega: checkpoint ") and ".step_000001.tmp not written" in err, err
+    assert f"writer worker pid {victim} was killed by SIGKILL" in err and "no checkpoint stays the latest" in err
+    assert not list(out.glob(".step_*")) and not (out / "latest").exists()
 
 
 def test_five_kill_9s_then_resume_give_the_uninterrupted_metrics(cache, tmp_path):
