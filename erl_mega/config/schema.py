@@ -159,8 +159,10 @@ class RolloutConfig:
 
 
 def _agent_entry(entry: str) -> str | None:
-    from erl_mega.sdk import load_agent
-
+    try:
+        from erl_mega.sdk import load_agent
+    except ImportError as err:
+        return f"{err} (the agent SDK needs `pip install erl-mega[agents]`)"
     try:
         load_agent(entry)
     except ValueError as err:

@@ -76,4 +76,7 @@ def test_edited_history_is_a_reported_prefix_mismatch(tool_gateway, tool_checkpo
     assert origins == ["fresh", "reused", "reused", "mismatch"]
     # the chain keeps calls 1, 2 and 4: the edited reply is context in the last prompt, never a sampled segment
     assert tr.meta["prefix_mismatches"] == 1 and tr.meta["calls"] == 4 and tr.meta["calls_outside_trajectory"] == 1
-    assert len(sampled(tr)) == 3 and "edited" in load_tokenizer(tool_checkpoint).decode(tr.segments[-2].token_ids)
+    tokenizer = load_tokenizer(tool_checkpoint)
+    assert len(sampled(tr)) == 3 and "edited" in tokenizer.decode(tr.segments[-2].token_ids)
+    system = tokenizer.decode(tr.segments[0].token_ids)  # the episode's prompt replaced the agent's, tools listed after it
+    assert system.startswith("<|im_start|>system\nAnswer.\n\n# Tools") and "ignored" not in system
