@@ -81,7 +81,8 @@ async def generate_one(state: ServerState, rid: str, request: GenerationRequest,
         done = await asyncio.wrap_future(state.scheduler.submit(rid, request))
     except Aborted:
         return aborted(rid, request, state.scheduler.weight_version)
-    return response(rid, request, done.completion, logprob, state.scheduler.weight_version, done.cached_tokens)
+    # the version that sampled it: a push may have landed between the batch's end and this reply
+    return response(rid, request, done.completion, logprob, str(done.completion.weight_version), done.cached_tokens)
 
 
 def _generation_routes(app: FastAPI, state: ServerState) -> None:

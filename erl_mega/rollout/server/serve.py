@@ -1,7 +1,8 @@
 """`erl-mega serve model.path=DIR [port=N] [max_batch_size=N] [prefix_cache_mb=N] [batching=continuous|request]
 [dtype=float32|bfloat16] [pad_token_id=N] [device=cpu|cuda]`.
 
-Loads an HF checkpoint into the embedded engine and serves it on 127.0.0.1 over SGLang's native API.
+Loads an HF checkpoint into the embedded engine and serves it on 127.0.0.1 over SGLang's native API, and
+OpenAI's /v1/chat/completions and /v1/completions (erl_mega/gateway) through the same scheduler.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main(args: list[str]) -> int:
     import uvicorn
     from transformers import AutoModelForCausalLM
 
+    from erl_mega.gateway.mount import mount_on_server
     from erl_mega.rollout.local import LocalEngine
     from erl_mega.rollout.server.app import create_app
 
@@ -75,5 +77,6 @@ def main(args: list[str]) -> int:
     pad = next((int(c) for c in candidates if isinstance(c, int)), 0)
     engine = LocalEngine(model, pad, cfg.max_batch_size, prefix_cache_bytes=cfg.prefix_cache_mb << 20)
     app = create_app(engine, cfg.model_path, continuous=cfg.batching == "continuous")
+    mount_on_server(app, cfg.model_path)  # /v1/*: the OpenAI-compatible gateway, through this server's scheduler
     uvicorn.run(app, host="127.0.0.1", port=cfg.port, log_level="warning")
     return 0
