@@ -12,11 +12,14 @@ placed apart and `trainer.async_steps > 0` collection runs ahead of training (er
 from __future__ import annotations
 
 import random
+import signal
+import sys
+import threading
 import time
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -153,14 +156,28 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
     loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)  # rows carry their own sampling temperature
     params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
     trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed, params_dtype=params_dtype)
-    c = build(cfg, console, policy_dir) if leader else None
+    with _sigterm_exits():
+        c = build(cfg, console, policy_dir) if leader else None
+        try:
+            return _run(cfg, out, console, trainer, c)
+        finally:
+            if c is not None:  # servers we started (and an agent's gateway) end with the run, whatever ended it
+                if c.attempts is not None:
+                    c.attempts.close()
+                c.rollout.close()
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (kill, scancel) ends the run as an exception would: through the finally blocks that end its servers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        return _run(cfg, out, console, trainer, c)
+        yield
     finally:
-        if c is not None:  # servers we started (and an agent's gateway) end with the run, whatever ended it
-            if c.attempts is not None:
-                c.attempts.close()
-            c.rollout.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, c: Components | None) -> dict | None:
@@ -176,7 +193,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
         base_eval = _row(run_eval(c))
     workflow = make_workflow(cfg, c, memory) if leader else None
     log = MetricsLog(out, resume_step=start) if leader else None
-    collector = _collector(cfg, c, workflow, start, console)
+    collector = _collector(cfg, c, workflow, start, env_steps, console)
     phases = PhaseMemory(c.rollout.pids if leader else list)
     with progress_bar(console) as bar, closing(collector) if collector else nullcontext():
         task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
@@ -211,7 +228,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
     return results
 
 
-def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int,
+def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int, env_steps: int,
                console: Console) -> AsyncCollector | None:
     """The leader's rollout producer when `trainer.async_steps > 0` and rollout has devices of its own."""
     k = cfg.trainer.async_steps
@@ -224,7 +241,8 @@ def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | Non
     if cfg.algo.loss.off_policy.mode is None and cfg.algo.loss.tis_cap is None:
         console.print(f"trainer.async_steps={k}: rows up to {k} versions old train without importance correction; "
                       "set algo.loss.off_policy.mode=truncate (TIS) or mask (MIS)")
-    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every)
+    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every,
+                          env_steps, cfg.env_step_budget)
 
 
 def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> ErlWorkflow:
