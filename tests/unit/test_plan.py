@@ -32,19 +32,14 @@ def test_param_count_matches_published(name):
         assert round((total_params(shape) - heads * embedding_params(shape)) / 1e9, digits) == non_embedding
 
 
-def test_param_count_equals_megatron_gptmodel_on_meta():
-    from erl_mega.train.dist import destroy_parallel, init_parallel
+def test_param_count_equals_megatron_gptmodel_on_meta(megatron_parallel):  # the session's group: never torn down here
     from erl_mega.train.megatron_model import build_gpt_model
 
-    init_parallel()
-    try:
-        for name in presets():
-            config = AutoConfig.from_pretrained(PRESETS_DIR / f"{name}.json")
-            with torch.device("meta"):
-                model = build_gpt_model(config, torch.bfloat16)
-            assert sum(p.numel() for p in model.parameters()) == total_params(load_shape(name)), name
-    finally:
-        destroy_parallel()
+    for name in presets():
+        config = AutoConfig.from_pretrained(PRESETS_DIR / f"{name}.json")
+        with torch.device("meta"):
+            model = build_gpt_model(config, torch.bfloat16)
+        assert sum(p.numel() for p in model.parameters()) == total_params(load_shape(name)), name
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])
