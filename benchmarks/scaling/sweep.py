@@ -1,7 +1,7 @@
 """Scaling study: real trainer steps over model sizes x TP/PP/DP layouts, measured beside the planner's prediction.
 
     python benchmarks/scaling/sweep.py                                     # CPU: gloo, fp32, small Llama/Qwen3 shapes
-    python benchmarks/scaling/sweep.py --sizes qwen3-0.6b,qwen3-1.7b,llama3.1-8b --layouts 1x1x8,2x1x4,4x1x2,8x1x1,2x2x2 \
+    python benchmarks/scaling/sweep.py --sizes qwen3-0.6b,qwen3-1.7b,qwen3-4b --layouts 1x1x8,2x1x4,4x1x2,8x1x1,2x2x2 \
         --rows 64 --seq 2048 --mbs 1                                       # GPUs: NCCL, bf16, one 8-GPU node
 
 Each run is one `torchrun --standalone` of `worker.py` (world = tp x pp x dp). Measured: tokens/s, each rank's

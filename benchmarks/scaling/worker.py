@@ -48,6 +48,8 @@ def gemm_flops(device: torch.device, dtype: torch.dtype, n: int, iters: int = 20
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = clock()
     for _ in range(iters):
         a @ b
