@@ -60,7 +60,9 @@ def layer_activation_bytes(m: ModelShape, seq: int, mbs: int, tp: int, recompute
         return dtype_bytes * tokens * m.hidden
     heads, kv, ffn = m.heads // tp, m.kv_heads // tp, m.ffn // tp
     norms = 2 * (3 * m.hidden + 1)
-    attention = (heads + 2 * kv) * m.head_dim + (2 * heads + kv) * m.head_dim + (heads if recompute == "none" else 0)
+    qkv_out = (heads + 2 * kv) * m.head_dim
+    q_k_out = (2 * heads + kv) * m.head_dim  # q and k after RoPE, SDPA's output
+    attention = qkv_out + q_k_out + (heads if recompute == "none" else 0)  # + log-sum-exp per head
     if m.qk_norm:  # q's input is a copy unless its heads are adjacent in the fused qkv (one KV group, or MHA)
         q_copy = heads if kv > 1 and heads > kv else 0
         attention += (q_copy + heads + kv) * m.head_dim + heads + kv
@@ -96,10 +98,8 @@ def trainer_memory(m: ModelShape, tp: int, pp: int, dp: int, vpp: int, seq: int,
     """The busier of the first pipeline rank (most micro-batches in flight, the embedding) and the last (head, loss)."""
     act_bytes, tokens = DTYPE_BYTES[params_dtype], seq * mbs
     per_layer = layer_activation_bytes(m, seq, mbs, tp, recompute, act_bytes)
-    if recompute == "full":  # plus one layer's whole working set while backward recomputes it
-        recomputing = layer_activation_bytes(m, seq, mbs, tp, "none", act_bytes)
-    else:
-        recomputing = 0
+    # full recompute: plus one layer's whole working set while backward recomputes it
+    recomputing = layer_activation_bytes(m, seq, mbs, tp, "none", act_bytes) if recompute == "full" else 0
     ranks = []
     for rank in sorted({0, pp - 1}):
         acts = per_layer * in_flight_layers(m.layers, pp, vpp, micro_batches, rank) + recomputing
