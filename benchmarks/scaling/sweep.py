@@ -5,11 +5,12 @@
         --rows 64 --seq 2048 --mbs 1                                       # GPUs: NCCL, bf16, one 8-GPU node
 
 Each run is one `torchrun --standalone` of `worker.py` (world = tp x pp x dp). Measured: tokens/s, each rank's
-parameter / gradient / optimizer bytes counted from the tensors, and the memory the first step adds. Predicted by
-`erl_mega.plan`: the same state bytes, activations + loss workspace (`trainer_memory`) and the step time of
-`timing.train_seconds` on a "cluster" whose peak is the dense GEMM rate the ranks measured in the same run, at
-MFU 1 (so measured / predicted tokens/s is the achieved share of GEMM peak; TP / DP communication is not in
-the planner's time model). Writes `<out>/scaling.json` and `<out>/scaling.png`, prints a markdown table and
+parameter / gradient / optimizer bytes counted from the tensors, the peak of the decoder's and the loss's saved
+tensors in a step, and the memory the first step adds. Predicted by `erl_mega.plan`: the same state bytes, each
+rank's activations (`layer_activation_bytes` x its in-flight layers), the fused loss kernel's workspace, and the
+step time of `timing.train_seconds` on a "cluster" whose peak is the dense GEMM rate the ranks measured in the
+same run, at MFU 1 (so measured / predicted tokens/s is the achieved share of GEMM peak; TP / DP communication
+is not in the planner's time model). Writes `<out>/scaling.json` and `<out>/scaling.png`, prints a markdown table and
 a last line of JSON.
 """
 
