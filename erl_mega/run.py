@@ -43,7 +43,7 @@ from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import RolloutEngine, SamplingParams
 from erl_mega.rollout.trajectory import Trajectory
 from erl_mega.train.batch import TrainBatch, collate
-from erl_mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from erl_mega.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from erl_mega.train.dist import broadcast_from_leader, init_parallel, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.weights.sync import InProcessWeightSync
@@ -166,7 +166,7 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
 def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, c: Components | None) -> dict | None:
     leader = c is not None
     memory, start, base_eval, env_steps = ReflectionMemory(cfg.algo.memory_capacity), 0, None, 0
-    checkpoint = latest_checkpoint(out) if cfg.resume else None
+    checkpoint = resume_point(out) if cfg.resume else None
     if checkpoint is not None:
         memory, state = load_checkpoint(checkpoint, trainer)
         start, base_eval, env_steps = state["step"], state.get("base_eval"), state.get("env_steps", 0)
