@@ -9,6 +9,7 @@ TrainBatch -> one optimizer step -> weights to the rollout engine -> metrics, ch
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, replace
@@ -79,7 +80,7 @@ def resolve_policy(cfg: RunConfig, console: Console) -> Path:
         def tick(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
 
-        return ensure_base_policy(cfg.model, cfg.env, cfg.seed, cfg.trainer, tick)
+        return ensure_base_policy(cfg.model, cfg.env, cfg.trainer, tick)
 
 
 def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> Components:
@@ -169,6 +170,7 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
     log.close()
     final = run_eval(c)
     results = {"base": base_eval, "trained": _row(final)}
+    (out / "results.json").write_text(json.dumps(results | {"env_steps": env_steps}, indent=1))  # also: the run finished
     console.print(eval_table(results, cfg))
     write_samples(out / "samples.md", final.episodes[:4])
     if cfg.plot:
