@@ -38,7 +38,7 @@ def config_help() -> str:
     except ValueError:
         defaults = {}
     for path, rule in _rules(RunConfig):
-        lines.append(f"  {path}={defaults.get(path, '')!r}  allowed: {getattr(rule, '__name__', rule)}")
+        lines.append(f"  {path}={defaults.get(path, '')!r}  allowed: {rule.__doc__ if callable(rule) else rule}")
     lines += ["", "erl-mega train --cfg job [overrides]  prints the resolved config without running"]
     return "\n".join(lines)
 

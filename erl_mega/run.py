@@ -5,6 +5,8 @@
 
 Per step: collect episodes (attempt 1, reflection, attempt 2) -> rows with group advantages ->
 TrainBatch -> one optimizer step -> weights to the rollout engine -> metrics, checkpoint.
+The rollout side (in-process engine or servers) is built by erl_mega/rollout/build.py; with servers
+placed apart and `trainer.async_steps > 0` collection runs ahead of training (erl_mega/async_loop.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -20,25 +23,26 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import AutoModelForCausalLM
 
 from erl_mega.algo.erl import ErlWorkflow, Episodes
 from erl_mega.algo.memory import ReflectionMemory
 from erl_mega.algo.prompts import with_action_format
 from erl_mega.algo.rows import distill_rows, policy_rows
+from erl_mega.async_loop import AsyncCollector
 from erl_mega.config import run_record
 from erl_mega.config.schema import RunConfig
 from erl_mega.envs.base import Env, make_env, task_seed
 from erl_mega.evaluate import EvalResult, evaluate
 from erl_mega.metrics import MetricsLog
+from erl_mega.peak_memory import PhaseMemory
 from erl_mega.run_dir import RunLock, check_out_dir, claim_for_run
 from erl_mega.model.gguf import ensure_converted
 from erl_mega.model.hf_io import load_hf_config, load_tokenizer
 from erl_mega.model.warmup import ensure_base_policy
 from erl_mega.report import eval_table, plot_curves, write_samples, write_task_samples
+from erl_mega.rollout.build import Rollout, build_rollout
 from erl_mega.rollout.chat import ChatFormat
-from erl_mega.rollout.engine import SamplingParams
-from erl_mega.rollout.local import LocalEngine
+from erl_mega.rollout.engine import RolloutEngine, SamplingParams
 from erl_mega.rollout.trajectory import Segment, Trajectory
 from erl_mega.train.batch import TrainBatch, collate
 from erl_mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -54,10 +58,14 @@ class Components:
     cfg: RunConfig
     policy_dir: Path
     chat: ChatFormat
-    engine: LocalEngine
+    rollout: Rollout
     make_env: Callable[[], Env]
     action_format: str
     max_context: int
+
+    @property
+    def engine(self) -> RolloutEngine:
+        return self.rollout.engine
 
 
 def progress_bar(console: Console) -> Progress:
@@ -84,22 +92,24 @@ def resolve_policy(cfg: RunConfig, console: Console) -> Path:
 
 
 def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> Components:
-    """Policy checkpoint, tokenizer, rollout engine and environment factory (the leader's side)."""
+    """Policy checkpoint, tokenizer, rollout side and environment factory (the leader's); close `c.rollout` after."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     policy_dir = policy_dir or resolve_policy(cfg, console)
     tokenizer = load_tokenizer(policy_dir)
-    dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
-    hf_model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
-    engine = LocalEngine(hf_model, tokenizer.pad_token_id, cfg.rollout.max_batch_size)
     env = cfg.env
 
     def make():
         return make_env(env.name, max_turns=env.max_turns, **env.options)
 
-    max_context = load_hf_config(policy_dir).max_position_embeddings
-    return Components(cfg, policy_dir, ChatFormat(tokenizer), engine, make, make().action_format, max_context)
+    max_context, action_format = load_hf_config(policy_dir).max_position_embeddings, make().action_format
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    r = cfg.rollout
+    with console.status(f"rollout: {r.backend}" + ("" if r.backend == "local" else f", {r.num_servers} server(s)")):
+        rollout = build_rollout(cfg, policy_dir, tokenizer.pad_token_id, out)
+    return Components(cfg, policy_dir, ChatFormat(tokenizer), rollout, make, action_format, max_context)
 
 
 def run_eval(c: Components) -> EvalResult:
@@ -134,37 +144,49 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
     params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
     trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed, params_dtype=params_dtype)
     c = build(cfg, console, policy_dir) if leader else None
-    engines = [c.engine] if leader else []
-    sync = InProcessWeightSync()
+    try:
+        return _run(cfg, out, console, trainer, c)
+    finally:
+        if c is not None:
+            c.rollout.close()  # servers we started end with the run, whatever ended it
+
+
+def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, c: Components | None) -> dict | None:
+    leader = c is not None
     memory, start, base_eval, env_steps = ReflectionMemory(cfg.algo.memory_capacity), 0, None, 0
     checkpoint = latest_checkpoint(out) if cfg.resume else None
     if checkpoint is not None:
         memory, state = load_checkpoint(checkpoint, trainer)
         start, base_eval, env_steps = state["step"], state.get("base_eval"), state.get("env_steps", 0)
-        sync.push(trainer, engines)
+        push_weights(trainer, c)
         console.print(f"resumed from {checkpoint} at step {start}")
     if leader and base_eval is None:
         base_eval = _row(run_eval(c))
     workflow = make_workflow(cfg, c, memory) if leader else None
     log = MetricsLog(out, resume_step=start) if leader else None
-    with progress_bar(console) as bar:
+    collector = _collector(cfg, c, workflow, start, console)
+    phases = PhaseMemory(c.rollout.pids if leader else list)
+    with progress_bar(console) as bar, closing(collector) if collector else nullcontext():
         task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
         for step in range(start + 1, cfg.steps + 1):
             if cfg.env_step_budget and env_steps >= cfg.env_step_budget:
                 break
-            metrics = train_step(step, cfg, workflow, trainer, sync, c)
+            clock = time.perf_counter()
+            metrics = train_step(step, cfg, workflow, trainer, c, collector, phases)
             env_steps += int(broadcast_from_leader(metrics.get("env_steps", 0.0)))
             if leader:
                 metrics["env_steps_total"] = float(env_steps)
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     metrics["heldout_success"] = run_eval(c).success
-                log.write(step, metrics)
+                log.write(step, metrics | {"time_step": time.perf_counter() - clock})
                 bar.update(task, advance=1, info=_summary(metrics))
                 if not console.is_terminal:  # logs (CI, SLURM) get a line per step instead of a live bar
                     console.print(f"step {step}/{cfg.steps}: {_summary(metrics)}")
             last = step == cfg.steps or (cfg.env_step_budget and env_steps >= cfg.env_step_budget)
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or last):
                 save_checkpoint(out, step, trainer, memory, {"base_eval": base_eval, "env_steps": env_steps})
+            if collector is not None:
+                collector.done(step)
     if not leader:
         return None
     log.close()
@@ -176,6 +198,22 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
     if cfg.plot:
         console.print(f"curves: {plot_curves(out / 'metrics.jsonl', results, out / 'curves.png')}")
     return results
+
+
+def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int,
+               console: Console) -> AsyncCollector | None:
+    """The leader's rollout producer when `trainer.async_steps > 0` and rollout has devices of its own."""
+    k = cfg.trainer.async_steps
+    if c is None or not k:
+        return None
+    if c.rollout.colocated:
+        console.print(f"trainer.async_steps={k}: rollout is colocated with training (rollout.placement), so it runs "
+                      "synchronously; use rollout=server|sglang rollout.placement=disaggregated to overlap them")
+        return None
+    if cfg.algo.loss.off_policy.mode is None and cfg.algo.loss.tis_cap is None:
+        console.print(f"trainer.async_steps={k}: rows up to {k} versions old train without importance correction; "
+                      "set algo.loss.off_policy.mode=truncate (TIS) or mask (MIS)")
+    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every)
 
 
 def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> ErlWorkflow:
@@ -212,19 +250,36 @@ def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Component
 
 
 def train_step(step: int, cfg: RunConfig, workflow: ErlWorkflow | None, trainer: MegatronTrainer,
-               sync: InProcessWeightSync, c: Components | None) -> dict[str, float]:
-    """One ERL step: the leader collects, every rank trains (engine memory released meanwhile), weights sync."""
-    batch, metrics = collect_batch(step, cfg, workflow, c) if c is not None else (None, {})
+               c: Components | None, collector: AsyncCollector | None, phases: PhaseMemory) -> dict[str, float]:
+    """One ERL step: the leader collects (or takes the producer's batch), every rank trains, weights are pushed.
+
+    Colocated rollout memory is released for the train step; peak memory is logged per phase.
+    """
+    metrics: dict[str, float] = {}
+    with phases.phase("rollout", metrics):
+        if c is None:
+            batch = None
+        elif collector is not None:
+            batch, collected = collector.take(step, trainer.version)
+            metrics |= collected
+        else:
+            batch, collected = collect_batch(step, cfg, workflow, c)
+            metrics |= collected
     batch = broadcast_from_leader(batch)
     if c is not None:
-        c.engine.release_memory()
-    clock = time.perf_counter()
-    metrics |= trainer.step(batch)
-    seconds = time.perf_counter() - clock
-    if c is not None:
-        c.engine.resume_memory()
-    metrics |= sync.push(trainer, [c.engine] if c is not None else [])
+        c.rollout.release()
+    with phases.phase("train", metrics):
+        clock = time.perf_counter()
+        metrics |= trainer.step(batch)
+        seconds = time.perf_counter() - clock
+    with phases.phase("push", metrics):
+        metrics |= push_weights(trainer, c)
     return metrics | {"time_train": seconds, "train_tokens_per_s": float(batch.input_ids.numel()) / max(seconds, 1e-9)}
+
+
+def push_weights(trainer: MegatronTrainer, c: Components | None) -> dict[str, float]:
+    """The trainer's weights into the leader's rollout engine; other ranks take part in the bucket stream."""
+    return c.rollout.push(trainer) if c is not None else InProcessWeightSync().push(trainer, [])
 
 
 def _row(result: EvalResult) -> dict[str, float]:
@@ -254,7 +309,8 @@ def evaluate_policy(cfg: RunConfig) -> dict[str, dict]:
         replace(cfg.algo, n_rollouts=1), c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act,
         reflect, c.max_context, ReflectionMemory(cfg.algo.memory_capacity),
     )
-    episodes = workflow.collect([task_seed("test", i) for i in range(cfg.eval_tasks)], sample_seed=cfg.seed)
+    with c.rollout:  # servers we started end here
+        episodes = workflow.collect([task_seed("test", i) for i in range(cfg.eval_tasks)], sample_seed=cfg.seed)
     tau = cfg.algo.success_threshold
     results = {"attempt 1": _held_out_row([t.attempt1[0] for t in episodes.tasks], tau)}
     retried = [a for t in episodes.tasks for a in t.attempt2]

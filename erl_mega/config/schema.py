@@ -22,6 +22,7 @@ SEED = "[0, 2147483647]"  # numpy, torch and the rollout seed arithmetic all acc
 
 
 def _hf_checkpoint(path: str) -> str | None:
+    """an HF checkpoint directory (config.json and weights)"""
     from erl_mega.model.hf_io import checkpoint_problem
 
     reason = checkpoint_problem(path)
@@ -29,6 +30,7 @@ def _hf_checkpoint(path: str) -> str | None:
 
 
 def _env_name(name: str) -> str | None:
+    """a registered environment"""
     from erl_mega.envs.base import env_names
 
     return None if name in env_names() else f"must be one of {env_names()}"
@@ -112,9 +114,26 @@ class EnvConfig:
                                  f"has no {split} task: {err}") from None
 
 
+ROLLOUT_BACKENDS = ("local", "server", "sglang")  # in-process | `erl-mega serve` processes | SGLang servers
+PLACEMENTS = ("colocated", "disaggregated")
+TRANSPORTS = ("shm", "cuda_ipc", "broadcast", "disk")  # how weights reach servers (erl_mega/weights/transport.py)
+
+
+def _urls(urls: list) -> str | None:
+    """http(s) URLs of running SGLang servers"""
+    bad = [u for u in urls if not (isinstance(u, str) and u.startswith(("http://", "https://")))]
+    return None if not bad else f"must be http(s) URLs of running servers, got {bad[0]!r}"
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Sampling and batching of the embedded rollout engine (`rollout.*`)."""
+    """Sampling and batching of rollouts, and which engine serves them (`rollout.*`).
+
+    `backend=server|sglang` serves rollouts from separate processes over SGLang's HTTP API, through a
+    router when there are several; `placement` says whether they share the trainer's devices (colocated:
+    released during the train step, weights by shared memory / CUDA IPC) or have their own
+    (disaggregated: weights by a gloo / NCCL broadcast); `transport` overrides that choice.
+    """
 
     temperature: float = field(metadata={"allowed": "(0, 100]"})  # training rollouts sample: greedy (0) is eval's
     top_p: float = field(metadata={"allowed": "(0, 1]"})
@@ -124,6 +143,21 @@ class RolloutConfig:
     # the reflection role's sampling (the reference: 0.5 / 0.9)
     reflect_temperature: float = field(default=0.5, metadata={"allowed": "(0, 100]"})
     reflect_top_p: float = field(default=0.9, metadata={"allowed": "(0, 1]"})
+    backend: str = field(default="local", metadata={"allowed": ROLLOUT_BACKENDS})
+    num_servers: int = field(default=1, metadata={"allowed": ">= 1"})  # servers we start (server, sglang)
+    placement: str = field(default="colocated", metadata={"allowed": PLACEMENTS})
+    transport: str | None = field(default=None, metadata={"allowed": TRANSPORTS})  # None: chosen from placement
+    # sglang: attach to these running servers instead of launching `rollout.num_servers`
+    urls: list[str] = field(default_factory=list, metadata={"allowed": _urls})
+    tp_size: int = field(default=1, metadata={"allowed": ">= 1"})  # sglang --tp-size: GPUs per launched server
+    mem_fraction: float = field(default=0.8, metadata={"allowed": "(0, 1)"})  # sglang --mem-fraction-static
+    host: str = field(default="127.0.0.1", metadata={"allowed": "nonempty"})  # where launched servers listen
+    port: int = field(default=30000, metadata={"allowed": "[1, 65535]"})  # sglang server i listens on port + i
+    startup_timeout: float = field(default=600.0, metadata={"allowed": "> 0"})  # seconds until /health answers
+
+    def __post_init__(self) -> None:
+        if self.urls and self.backend != "sglang":
+            raise ValueError(f"rollout.urls is for rollout.backend=sglang (attach), not {self.backend!r}")
 
 
 @dataclass(frozen=True)

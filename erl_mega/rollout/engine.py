@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, runtime_checkable
 
 from erl_mega.weights.buckets import NamedTensors
 
@@ -60,3 +60,11 @@ class RolloutEngine(Protocol):
     def resume_memory(self) -> None: ...
 
     def health(self) -> bool: ...
+
+
+@runtime_checkable
+class ConcurrentEngine(Protocol):
+    """An engine that takes requests one at a time from many threads and serves them as they arrive
+    (servers behind a client or the router): the agent loop then lets each episode advance on its own."""
+
+    def generate_one(self, request: GenerationRequest) -> Completion: ...

@@ -34,6 +34,9 @@ class TrainerConfig:
     ppo_epochs: int = field(default=1, metadata={"allowed": ">= 1"})  # passes over the batch per step, rows reshuffled each epoch
     # the PPO ratio's old policy: "recompute" (trainer, before updates) or "rollout"
     old_logprobs: str = field(default="recompute", metadata={"allowed": ("recompute", "rollout")})
+    # steps rollout may run ahead of training (erl_mega/async_loop.py): rows of weight version >= v - k train
+    # version v; 0: synchronous. Needs rollout servers placed apart (colocated runs synchronously)
+    async_steps: int = field(default=0, metadata={"allowed": ">= 0"})
 
 
 class Trainer(Protocol):

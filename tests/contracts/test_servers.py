@@ -3,7 +3,8 @@
 Run: python -m pytest tests/contracts/test_servers.py -q
 Covers: temperature-0 tokens and log-probs equal to LocalEngine; weight updates by shared memory,
 gloo broadcast and disk, each proven live by generation and by checksum; release / resume; a
-SIGKILLed server loses no request; malformed requests get a 400 naming the field.
+SIGKILLed server loses no request; malformed requests get a 400 naming the field; a request joins a
+running decode (continuous batching); a later turn's prompt is served from the prefix cache.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import requests
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from erl_mega.rollout.client import ServerClient
+from erl_mega.rollout.client import ServerClient, completion, request_body
 from erl_mega.rollout.engine import GenerationRequest, SamplingParams
 from erl_mega.rollout.local import LocalEngine
 from erl_mega.rollout.router import Router
@@ -172,3 +173,43 @@ def test_sigkill_mid_batch_loses_no_request(served):
         assert time.monotonic() < deadline, "server 0 was not restarted"
         time.sleep(0.5)
     assert router.metrics()[0]["failures"] >= 1
+
+
+def _raw_generate(url: str, prompt: tuple[int, ...], params: SamplingParams, seed: int) -> dict:
+    r = requests.post(f"{url}/generate", json=request_body(GenerationRequest(prompt, params, seed=seed), f"r{seed}"), timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_prefix_cache_serves_earlier_turns(served):
+    model, _, router = served
+    url = router.clients[1].url
+    requests.post(f"{url}/flush_cache", timeout=30)
+    prompt, params = _requests(1, seed=7)[0].prompt_ids, SamplingParams(max_new_tokens=6, temperature=0.8)
+    first = _raw_generate(url, prompt, params, seed=3)
+    assert first["meta_info"]["cached_tokens"] == 0
+    turn2 = prompt + tuple(first["output_ids"]) + (5, 6, 7)
+    second = _raw_generate(url, turn2, params, seed=4)
+    assert second["meta_info"]["cached_tokens"] == len(prompt) + len(first["output_ids"]) - 1
+    uncached = LocalEngine(copy.deepcopy(model), PAD, prefix_cache_bytes=0)
+    _assert_same([completion(second)], uncached.generate([GenerationRequest(turn2, params, seed=4)]))
+    requests.post(f"{url}/flush_cache", timeout=30)
+    assert _raw_generate(url, turn2, params, seed=4)["meta_info"]["cached_tokens"] == 0
+
+
+def test_request_joins_a_running_decode(served):
+    """A short request sent while a long one decodes returns first: it joined the batch at a decode step."""
+    model, _, router = served
+    client = router.clients[1]
+    long_req, short_req = _requests(2, SamplingParams(max_new_tokens=240, temperature=0.0), seed=8)
+    short_req = GenerationRequest(short_req.prompt_ids, SamplingParams(max_new_tokens=4, temperature=0.0), seed=1)
+    long_out: list = []
+    worker = threading.Thread(target=lambda: long_out.append(client.generate_one(long_req)))
+    worker.start()
+    start = client.get("/get_server_info")["decode_steps"]
+    while client.get("/get_server_info")["decode_steps"] < start + 5:
+        time.sleep(0.02)
+    short_out = client.generate_one(short_req)
+    assert worker.is_alive(), "the short request waited for the long one"
+    worker.join(120)
+    _assert_same(long_out + [short_out], _reference(model, [long_req, short_req]))

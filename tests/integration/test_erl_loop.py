@@ -60,7 +60,7 @@ def test_resume_gives_the_same_next_step(tmp):
     train(load_config(overrides(tmp, out, steps=2, checkpoint_every=1, resume="true")))
     resumed = metrics(out)
     assert [r["step"] for r in resumed] == [1, 2]
-    timing = {k for k in straight[1] if k.startswith("time_") or k.endswith("_per_s") or k == "sync_seconds"}
+    timing = {k for k in straight[1] if k.startswith(("time_", "mem_")) or k.endswith("_per_s") or k == "sync_seconds"}
     for key in set(straight[1]) - timing:
         assert resumed[1][key] == pytest.approx(straight[1][key], rel=1e-6, abs=1e-9), key
 

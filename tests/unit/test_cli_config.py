@@ -19,7 +19,9 @@ TABLE = [  # issue 16's rows
     "model.tiny.num_layers=0", "env=hotpotqa", "stpes=1",
 ]
 BAD = {">= 1": 0, ">= 0": -1, "> 0": -1.0, "> 1": 0.5, "finite": "nan", "nonempty": "' '", "[0, 1]": 1.5,
-       "(0, 1]": 0, "[0, 1)": 1, "(0, 100]": 0, "[0, 2147483647]": -1}
+       "(0, 1]": 0, "[0, 1)": 1, "(0, 100]": 0, "[0, 2147483647]": -1, "[0, 999999]": 10**6,
+       "(0, 1)": 1, "[1, 65535]": 0}
+UNBOUNDED = "any"  # booleans, free-form options: every value of the type is allowed
 
 
 def _field_rows():
@@ -29,6 +31,8 @@ def _field_rows():
             rows.append(f"{path}=no-such-choice")
         elif rule in BAD:
             rows.append(f"{path}={BAD[rule]}")
+        elif not callable(rule) and rule != UNBOUNDED:  # callables have their own tests below
+            raise AssertionError(f"{path}: rule {rule!r} has no out-of-range value in BAD")
     return rows
 
 
@@ -101,6 +105,7 @@ def test_help_and_printing_the_config(capsys):
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
     assert "algo: erl, grpo" in text and "trainer.lr=0.0005" in text
+    assert "allowed: an HF checkpoint directory" in text and "_hf_checkpoint" not in text
     assert main(["train", "--cfg", "job", "trainer.lr=1e-3"]) == 0
     assert "lr: 0.001" in capsys.readouterr().out
 
@@ -116,3 +121,14 @@ def test_a_turn_limit_that_leaves_no_held_out_map_is_one_line(capsys):
     assert main(["train", "env.max_turns=2"]) == 2  # every 2x2 FrozenLake map falls in the train split by content
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "max_turns=2" in line and "no test task" in line and "solvable within 2 moves" in line
+
+
+@pytest.mark.parametrize("override, words", [
+    (["rollout=sglang", "rollout.urls=[localhost:30000]"], "must be http(s) URLs of running servers"),
+    (["rollout.urls=[http://127.0.0.1:30000]"], "rollout.urls is for rollout.backend=sglang"),
+    (["rollout=server", "rollout.transport=ipc"], "rollout.transport='ipc': must be one of"),
+])
+def test_bad_rollout_server_setting_is_one_line(override, words, capsys):
+    assert main(["train", *override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err

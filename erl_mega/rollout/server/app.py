@@ -75,10 +75,11 @@ def create_app(engine: LocalEngine, model_path: str = "") -> FastAPI:
 async def generate_one(state: ServerState, rid: str, request: GenerationRequest, logprob: bool) -> dict:
     """Run one request through the scheduler and shape its SGLang response."""
     try:
-        out = await asyncio.wrap_future(state.scheduler.submit(rid, request))
+        done = await asyncio.wrap_future(state.scheduler.submit(rid, request))
     except Aborted:
         return aborted(rid, request, state.scheduler.weight_version)
-    return response(rid, request, out, logprob, state.scheduler.weight_version)
+    # the version that sampled it: a push may have landed between the batch's end and this reply
+    return response(rid, request, done.completion, logprob, str(done.completion.weight_version), done.cached_tokens)
 
 
 def _generation_routes(app: FastAPI, state: ServerState) -> None:
@@ -176,7 +177,8 @@ def _control_routes(app: FastAPI, state: ServerState) -> None:
         return _ok()
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
-    async def flush_cache():
+    def flush_cache():
+        state.scheduler.exclusive(state.engine.flush_cache)
         return _ok("Cache flushed.")
 
     @app.post("/pause_generation")
@@ -201,5 +203,8 @@ def _control_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/get_server_info")
     async def get_server_info():
+        cache = state.engine.prefix_cache
         return {"version": "erl-mega", "paused": state.scheduler.paused, "released": sorted(state.released),
-                "max_batch_size": state.engine.max_batch_size, **state.scheduler.stats}
+                "max_batch_size": state.engine.max_batch_size, **state.scheduler.stats,
+                "prefix_cache": {"entries": len(cache), "bytes": cache.nbytes, "max_bytes": cache.max_bytes,
+                                 **cache.stats} if cache else None}

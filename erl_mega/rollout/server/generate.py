@@ -41,8 +41,10 @@ def _sampling(sp: SamplingParamsIn, field: str) -> SamplingParams:
     return SamplingParams(sp.max_new_tokens, sp.temperature, sp.top_p, stops)
 
 
-def response(rid: str, request: GenerationRequest, out: Completion, logprob: bool, version: str) -> dict:
-    """One result as SGLang returns it (no text: this server is token-in, token-out)."""
+def response(rid: str, request: GenerationRequest, out: Completion, logprob: bool, version: str,
+             cached_tokens: int) -> dict:
+    """One result as SGLang returns it (no text: this server is token-in, token-out); `cached_tokens` as SGLang
+    counts prompt tokens served from its prefix cache."""
     if out.finish_reason == "stop":
         finish = {"type": "stop", "matched": out.token_ids[-1]}
     else:
@@ -52,7 +54,7 @@ def response(rid: str, request: GenerationRequest, out: Completion, logprob: boo
         "finish_reason": finish,
         "prompt_tokens": len(request.prompt_ids),
         "completion_tokens": len(out.token_ids),
-        "cached_tokens": 0,
+        "cached_tokens": cached_tokens,
         "weight_version": version,
     }
     if logprob:

@@ -1,4 +1,4 @@
-"""`erl-mega serve model.path=DIR [port=N] [max_batch_size=N] [dtype=float32|bfloat16] [pad_token_id=N] [device=cpu|cuda]`.
+"""`erl-mega serve model.path=DIR [port=N] [max_batch_size=N] [prefix_cache_mb=N] [dtype=float32|bfloat16] [pad_token_id=N] [device=cpu|cuda]`.
 
 Loads an HF checkpoint into the embedded engine and serves it on 127.0.0.1 over SGLang's native API.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, fields
 
-USAGE = "usage: erl-mega serve model.path=DIR [port=30000] [max_batch_size=64] [dtype=float32] [pad_token_id=N] [device=cpu]"
+USAGE = ("usage: erl-mega serve model.path=DIR [port=30000] [max_batch_size=64] [prefix_cache_mb=1024] [dtype=float32] "
+         "[pad_token_id=N] [device=cpu]")
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,8 @@ class ServeConfig:
 
     model_path: str
     port: int = 30000
-    max_batch_size: int = 64
+    max_batch_size: int = 64  # live rows of the continuous batch
+    prefix_cache_mb: int = 1024  # KV of finished sequences kept for reuse by later turns; 0 disables
     dtype: str = "float32"
     pad_token_id: int = -1  # -1: the checkpoint's pad (or eos) token, else 0
     device: str = "cpu"
@@ -25,6 +27,10 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port={self.port}; must be in [1, 65535]")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size={self.max_batch_size}; must be >= 1")
+        if self.prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb={self.prefix_cache_mb}; must be >= 0 (0 disables the prefix cache)")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}; choose 'float32' or 'bfloat16'")
         if self.device not in ("cpu", "cuda"):
@@ -63,6 +69,6 @@ def main(args: list[str]) -> int:
     model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype).to(cfg.device)
     candidates = (cfg.pad_token_id if cfg.pad_token_id >= 0 else None, model.config.pad_token_id, model.config.eos_token_id)
     pad = next((int(c) for c in candidates if isinstance(c, int)), 0)
-    engine = LocalEngine(model, pad, cfg.max_batch_size)
+    engine = LocalEngine(model, pad, cfg.max_batch_size, prefix_cache_bytes=cfg.prefix_cache_mb << 20)
     uvicorn.run(create_app(engine, cfg.model_path), host="127.0.0.1", port=cfg.port, log_level="warning")
     return 0
