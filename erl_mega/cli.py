@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] == "train":
         from erl_mega.run import train
         from erl_mega.run_dir import RunDirError
+        from erl_mega.train.checkpoint import CheckpointError
 
         try:
             train(cfg)
-        except RunDirError as err:
+        except (RunDirError, CheckpointError) as err:
             print(f"erl-mega: {err}", file=sys.stderr)
             return 2
     elif args[0] == "eval":
@@ -126,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from erl_mega.export import export_hf
 
+        from erl_mega.train.checkpoint import CheckpointError
+
         try:
             export_hf(cfg)
-        except ValueError as err:
+        except (ValueError, CheckpointError) as err:
             print(f"erl-mega: {err}", file=sys.stderr)
             return 2
     return 0

@@ -34,12 +34,18 @@ def held_out_seeds(make_env, num_tasks: int, start: int = 0) -> list[int]:
 
 
 def evaluate(make_env, engine, chat, initial_prompt: str, action_format: str, num_tasks: int, max_new_tokens: int,
-             max_context: int, tau: float = 1.0, seed_start: int = 0) -> EvalResult:
-    """Greedy first attempts on `num_tasks` distinct held-out tasks (disjoint from training tasks by content)."""
+             max_context: int, tau: float = 1.0, seed_start: int = 0, attempts=None) -> EvalResult:
+    """Greedy first attempts on `num_tasks` distinct held-out tasks (disjoint from training tasks by content).
+
+    `attempts` (an `erl_mega.algo.erl.Attempts`, e.g. a user's agent through the gateway) plays them; None: the native loop.
+    """
     system = with_action_format(initial_prompt, action_format)
     specs = [EpisodeSpec(seed, system, i) for i, seed in enumerate(held_out_seeds(make_env, num_tasks, seed_start))]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=chat.stop_ids)
-    episodes = play_episodes(make_env, engine, chat, specs, params, max_context)
+    if attempts is not None:
+        episodes = attempts.play(specs, params)
+    else:
+        episodes = play_episodes(make_env, engine, chat, specs, params, max_context)
     n = max(len(episodes), 1)
     return EvalResult(
         success=sum(e.reward >= tau for e in episodes) / n,

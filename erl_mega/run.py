@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import sys
+import threading
 import time
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,7 +29,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from erl_mega.algo.erl import ErlWorkflow, Episodes
 from erl_mega.algo.memory import ReflectionMemory
-from erl_mega.algo.prompts import with_action_format
 from erl_mega.algo.rows import distill_rows, policy_rows
 from erl_mega.async_loop import AsyncCollector
 from erl_mega.config import run_record
@@ -43,12 +45,15 @@ from erl_mega.report import eval_table, plot_curves, write_samples, write_task_s
 from erl_mega.rollout.build import Rollout, build_rollout
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import RolloutEngine, SamplingParams
-from erl_mega.rollout.trajectory import Segment, Trajectory
+from erl_mega.rollout.trajectory import Trajectory
 from erl_mega.train.batch import TrainBatch, collate
-from erl_mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from erl_mega.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from erl_mega.train.dist import broadcast_from_leader, init_parallel, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.weights.sync import InProcessWeightSync
+
+if TYPE_CHECKING:  # the SDK needs the `agents` extra; only runs with agent.entry import it
+    from erl_mega.sdk.attempts import GatewayAttempts
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Components:
     make_env: Callable[[], Env]
     action_format: str
     max_context: int
+    attempts: GatewayAttempts | None = None  # agent.entry's agent through an in-process gateway; None: the native loop
 
     @property
     def engine(self) -> RolloutEngine:
@@ -109,13 +115,21 @@ def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> C
     r = cfg.rollout
     with console.status(f"rollout: {r.backend}" + ("" if r.backend == "local" else f", {r.num_servers} server(s)")):
         rollout = build_rollout(cfg, policy_dir, tokenizer.pad_token_id, out)
-    return Components(cfg, policy_dir, ChatFormat(tokenizer), rollout, make, action_format, max_context)
+    chat = ChatFormat(tokenizer)
+    attempts = None
+    if cfg.agent.entry is not None:
+        from erl_mega.sdk import GatewayAttempts, load_agent
+
+        attempts = GatewayAttempts.in_process(load_agent(cfg.agent.entry), rollout.engine, chat, make, max_context,
+                                              cfg.agent.concurrency)
+    return Components(cfg, policy_dir, chat, rollout, make, action_format, max_context, attempts)
 
 
 def run_eval(c: Components) -> EvalResult:
     """Held-out first-attempt evaluation of whatever weights the engine holds."""
     return evaluate(c.make_env, c.engine, c.chat, c.cfg.env.initial_prompt, c.action_format, c.cfg.eval_tasks,
-                    c.cfg.rollout.max_new_tokens, c.max_context, c.cfg.algo.success_threshold, c.cfg.eval_seed_start)
+                    c.cfg.rollout.max_new_tokens, c.max_context, c.cfg.algo.success_threshold, c.cfg.eval_seed_start,
+                    c.attempts)
 
 
 def train(cfg: RunConfig) -> dict[str, dict] | None:
@@ -143,18 +157,34 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
     loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)  # rows carry their own sampling temperature
     params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
     trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed, params_dtype=params_dtype)
-    c = build(cfg, console, policy_dir) if leader else None
+    with _sigterm_exits():
+        c = build(cfg, console, policy_dir) if leader else None
+        try:
+            return _run(cfg, out, console, trainer, c)
+        finally:
+            if c is not None:  # servers we started (and an agent's gateway) end with the run, whatever ended it
+                if c.attempts is not None:
+                    c.attempts.close()
+                c.rollout.close()
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (kill, scancel) ends the run as an exception would: through the finally blocks that end its servers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        return _run(cfg, out, console, trainer, c)
+        yield
     finally:
-        if c is not None:
-            c.rollout.close()  # servers we started end with the run, whatever ended it
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, c: Components | None) -> dict | None:
     leader = c is not None
     memory, start, base_eval, env_steps = ReflectionMemory(cfg.algo.memory_capacity), 0, None, 0
-    checkpoint = latest_checkpoint(out) if cfg.resume else None
+    checkpoint = resume_point(out) if cfg.resume else None
     if checkpoint is not None:
         memory, state = load_checkpoint(checkpoint, trainer)
         start, base_eval, env_steps = state["step"], state.get("base_eval"), state.get("env_steps", 0)
@@ -164,7 +194,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
         base_eval = _row(run_eval(c))
     workflow = make_workflow(cfg, c, memory) if leader else None
     log = MetricsLog(out, resume_step=start) if leader else None
-    collector = _collector(cfg, c, workflow, start, console)
+    collector = _collector(cfg, c, workflow, start, env_steps, console)
     phases = PhaseMemory(c.rollout.pids if leader else list)
     with progress_bar(console) as bar, closing(collector) if collector else nullcontext():
         task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
@@ -200,7 +230,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
     return results
 
 
-def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int,
+def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int, env_steps: int,
                console: Console) -> AsyncCollector | None:
     """The leader's rollout producer when `trainer.async_steps > 0` and rollout has devices of its own."""
     k = cfg.trainer.async_steps
@@ -213,7 +243,8 @@ def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | Non
     if cfg.algo.loss.off_policy.mode is None and cfg.algo.loss.tis_cap is None:
         console.print(f"trainer.async_steps={k}: rows up to {k} versions old train without importance correction; "
                       "set algo.loss.off_policy.mode=truncate (TIS) or mask (MIS)")
-    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every)
+    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every,
+                          env_steps, cfg.env_step_budget)
 
 
 def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> ErlWorkflow:
@@ -222,7 +253,7 @@ def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> Er
     act = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, c.chat.stop_ids)
     reflect = SamplingParams(r.reflect_max_new_tokens, r.reflect_temperature, r.reflect_top_p, c.chat.stop_ids)
     return ErlWorkflow(cfg.algo, c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act, reflect,
-                       c.max_context, memory)
+                       c.max_context, memory, c.attempts)
 
 
 def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Components) -> tuple[TrainBatch, dict[str, float]]:
@@ -234,7 +265,8 @@ def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Component
     rollout_seconds = time.perf_counter() - clock
     rows = policy_rows(episodes, cfg.algo.advantage)
     if cfg.algo.name == "erl" and not cfg.algo.no_distill:
-        initial = Segment(c.chat.system(with_action_format(cfg.env.initial_prompt, c.action_format)))
+        # attempt 1's system segment: the initial prompt as the attempts saw it (an agent's tools included)
+        initial = episodes.tasks[0].attempt1[0].segments[0]
         rows += distill_rows(episodes, initial, cfg.algo.distill)
     batch = collate(rows, c.chat.tokenizer.pad_token_id)
     distilled = torch.tensor([r.role == "distill" or r.kind == "distill" for r in rows])
@@ -244,6 +276,9 @@ def collect_batch(step: int, cfg: RunConfig, workflow: ErlWorkflow, c: Component
         "distill_rows": float(distilled.sum()),
         "distill_token_share": float((batch.loss_mask * distilled[:, None]).sum()) / max(float(batch.loss_mask.sum()), 1.0),
         "env_steps": float(sum(len(tr.turns) for t in episodes.tasks for tr in t.attempt1 + t.attempt2)),
+        # gateway episodes (agent.entry): calls whose history did not match what was sampled; 0 for the native loop
+        "prefix_mismatches": float(sum(tr.meta.get("prefix_mismatches", 0) for t in episodes.tasks
+                                       for tr in t.attempt1 + t.attempt2)),
         "time_rollout": rollout_seconds,
         "rollout_tokens_per_s": sampled / max(rollout_seconds, 1e-9),
     }
@@ -307,7 +342,7 @@ def evaluate_policy(cfg: RunConfig) -> dict[str, dict]:
     reflect = SamplingParams(cfg.rollout.reflect_max_new_tokens, 0.0, stop_token_ids=c.chat.stop_ids)
     workflow = ErlWorkflow(  # one greedy attempt per task; reflections start from the initial prompt
         replace(cfg.algo, n_rollouts=1), c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act,
-        reflect, c.max_context, ReflectionMemory(cfg.algo.memory_capacity),
+        reflect, c.max_context, ReflectionMemory(cfg.algo.memory_capacity), c.attempts,
     )
     with c.rollout:  # servers we started end here
         episodes = workflow.collect([task_seed("test", i) for i in range(cfg.eval_tasks)], sample_seed=cfg.seed)

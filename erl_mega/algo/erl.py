@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Protocol
 
 from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.algo.memory import ReflectionMemory
@@ -56,6 +56,12 @@ class ErlConfig:
     loss: PolicyLossConfig = field(default=PolicyLossConfig(), metadata={"allowed": "any"})
 
 
+class Attempts(Protocol):
+    """Who plays attempts 1 and 2: the native agent loop, or a user's agent through the gateway (erl_mega.sdk)."""
+
+    def play(self, specs: list[EpisodeSpec], params: SamplingParams) -> list[Trajectory]: ...
+
+
 @dataclass(frozen=True)
 class TaskEpisodes:
     """Everything one task produced; reflections[i] led to attempt2[i]."""
@@ -88,6 +94,7 @@ class ErlWorkflow:
     reflect_params: SamplingParams
     max_context: int
     memory: ReflectionMemory
+    attempts: Attempts | None = None  # None: the native agent loop over `engine`
 
     def collect(self, env_seeds: list[int], sample_seed: int) -> Episodes:
         """Run the whole ERL episode for each task; `sample_seed` makes the batch reproducible."""
@@ -146,6 +153,8 @@ class ErlWorkflow:
         return Episodes(tuple(tasks), metrics)
 
     def _play(self, specs: list[EpisodeSpec]) -> list[Trajectory]:
+        if self.attempts is not None:
+            return self.attempts.play(specs, self.act_params)
         return play_episodes(self.make_env, self.engine, self.chat, specs, self.act_params, self.max_context)
 
     def _reflect(

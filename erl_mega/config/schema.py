@@ -160,6 +160,26 @@ class RolloutConfig:
             raise ValueError(f"rollout.urls is for rollout.backend=sglang (attach), not {self.backend!r}")
 
 
+def _agent_entry(entry: str) -> str | None:
+    try:
+        from erl_mega.sdk import load_agent
+    except ImportError as err:
+        return f"{err} (the agent SDK needs `pip install erl-mega[agents]`)"
+    try:
+        load_agent(entry)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Who plays the attempts (`agent.*`): the native loop, or an `@erl_mega.sdk.agent` function through the gateway."""
+
+    entry: str | None = field(default=None, metadata={"allowed": _agent_entry})  # module:name; None: the native loop
+    concurrency: int = field(default=8, metadata={"allowed": ">= 1"})  # episodes the agent plays at once (threads)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One run: the top-level keys plus one section per concern."""
@@ -183,6 +203,7 @@ class RunConfig:
     # stop once this many environment steps were sampled; 0: run all `steps`
     env_step_budget: int = field(default=0, metadata={"allowed": ">= 0"})
     overwrite: bool = field(default=False, metadata={"allowed": "any"})  # a fresh run may replace another run's files in out_dir
+    agent: AgentConfig = field(default=AgentConfig(), metadata={"allowed": "any"})
 
 
 def build(cls: type, data: Any, prefix: str = "") -> Any:

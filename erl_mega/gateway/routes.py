@@ -2,7 +2,7 @@
 
     POST /v1/chat/completions, /v1/completions   OpenAI's schema, streaming or not
     GET  /v1/models
-    POST /v1/episodes {episode_id, system_prompt?, seed?}   start an episode (the SDK does this)
+    POST /v1/episodes {episode_id, system_prompt?, seed?, temperature?, top_p?, max_tokens?}   start an episode (the SDK does this)
     GET  /v1/episodes/{id}, DELETE /v1/episodes/{id}      its token-level trace
 
 Calls join an episode by the `X-Episode-Id` header or else the `user` field; calls with neither are
@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from erl_mega.gateway.protocol import ChatRequest, CompletionRequest, GatewayError, parse, to_messages, tool_specs
 from erl_mega.gateway.responses import chat_body, chat_chunks, text_body, text_chunks
-from erl_mega.gateway.sampling import CallSpec, Sampler, call_seed, record
+from erl_mega.gateway.sampling import Sampler, call_spec, record
 from erl_mega.gateway.template import parse_reply, render_system
-from erl_mega.gateway.traces import EpisodeTrace, TraceStore
+from erl_mega.gateway.traces import EpisodeSampling, EpisodeTrace, TraceStore
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import RolloutEngine
 
@@ -35,6 +35,12 @@ class EpisodeStart(BaseModel):
     episode_id: str
     system_prompt: str | None = None
     seed: int | None = None
+    temperature: float | None = Field(None, ge=0.0, le=100.0)  # with top_p and max_tokens: the episode's sampling
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+
+    def sampling(self) -> EpisodeSampling | None:
+        return None if self.temperature is None else EpisodeSampling(self.temperature, self.top_p, self.max_tokens)
 
 
 @dataclass
@@ -58,7 +64,7 @@ class Gateway:
             system = episode.system_prompt if episode.system_prompt is not None else system
             head = render_system(system or "", tools) if system is not None or tools else ""
             prompt = episode.chat_prompt(self.chat, head, messages)
-            spec = CallSpec(prompt, req.n, req.temperature, req.top_p, req.budget(), stops, call_seed(req.seed, episode))
+            spec = call_spec(prompt, req.n, req.temperature, req.top_p, req.budget(), stops, req.seed, episode, episode_id)
         choices = self.sampler.sample(spec)
         parsed = [parse_reply(c.text, names) for c in choices]
         with self.store.lock:
@@ -78,7 +84,7 @@ class Gateway:
         with self.store.lock:
             episode = self._episode(episode_id)
             prompt = episode.text_prompt(self.chat, req.prompt)
-            spec = CallSpec(prompt, req.n, req.temperature, req.top_p, req.budget(), stops, call_seed(req.seed, episode))
+            spec = call_spec(prompt, req.n, req.temperature, req.top_p, req.budget(), stops, req.seed, episode, episode_id)
         choices = self.sampler.sample(spec)
         prompt_text = req.prompt if isinstance(req.prompt, str) else ""
         with self.store.lock:
@@ -131,7 +137,7 @@ def openai_router(gateway: Gateway) -> APIRouter:
         except GatewayError as err:
             return err.response()
         with gateway.store.lock:
-            gateway.store.register(start.episode_id, start.system_prompt, start.seed)
+            gateway.store.register(start.episode_id, start.system_prompt, start.seed, start.sampling())
         return JSONResponse({"episode_id": start.episode_id})
 
     @router.get("/v1/episodes/{episode_id}")
@@ -153,8 +159,11 @@ def openai_router(gateway: Gateway) -> APIRouter:
 
 
 def mount_openai(app: FastAPI, engine: RolloutEngine, chat: ChatFormat, *, model_name: str, max_context: int,
-                 default_max_tokens: int = 256) -> Gateway:
-    """Serve the OpenAI-compatible gateway from `app` over `engine`; returns its state (traces included)."""
-    gateway = Gateway(Sampler(engine, chat, max_context, default_max_tokens), chat, model_name, TraceStore())
+                 default_max_tokens: int = 256, concurrent: bool = False) -> Gateway:
+    """Serve the OpenAI-compatible gateway from `app` over `engine`; returns its state (traces included).
+
+    `concurrent`: the engine takes calls from many threads at once (a Scheduler, a Router); else one at a time.
+    """
+    gateway = Gateway(Sampler(engine, chat, max_context, default_max_tokens, concurrent), chat, model_name, TraceStore())
     app.include_router(openai_router(gateway))
     return gateway

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -36,15 +37,17 @@ class CallSpec:
     max_tokens: int | None
     stops: tuple[str, ...]
     seed: int | None
+    session: str | None = None  # the episode id: a router keeps an episode's calls on one server
 
 
 class Sampler:
-    """Runs calls through one engine, one at a time (the engine batches the n choices of a call)."""
+    """Runs calls through one engine: one at a time unless it takes `concurrent` calls (a scheduler, a router)."""
 
-    def __init__(self, engine: RolloutEngine, chat: ChatFormat, max_context: int, default_max_tokens: int) -> None:
+    def __init__(self, engine: RolloutEngine, chat: ChatFormat, max_context: int, default_max_tokens: int,
+                 concurrent: bool = False) -> None:
         self.engine, self.chat = engine, chat
         self.max_context, self.default_max_tokens = max_context, default_max_tokens
-        self._lock = threading.Lock()
+        self._lock = contextlib.nullcontext() if concurrent else threading.Lock()
 
     def sample(self, spec: CallSpec) -> list[Choice]:
         """n choices for the prompt; a prompt that leaves no room for one new token is a 400."""
@@ -56,7 +59,7 @@ class Sampler:
                 f"{self.max_context}", "max_tokens", code="context_length_exceeded")
         params = SamplingParams(budget, spec.temperature, spec.top_p, self.chat.stop_ids)
         seeds = [None if spec.seed is None else spec.seed + i for i in range(spec.n)]
-        requests = [GenerationRequest(spec.prompt.ids, params, seed) for seed in seeds]
+        requests = [GenerationRequest(spec.prompt.ids, params, seed, spec.session) for seed in seeds]
         with self._lock:
             outs = self.engine.generate(requests)
         return [self._cut(out, spec.stops) for out in outs]
@@ -87,6 +90,15 @@ def record(episode: EpisodeTrace, spec: CallSpec, choice: Choice, head: str, his
     )
     episode.calls.append(rec)
     return rec
+
+
+def call_spec(prompt: Prompt, n: int, temperature: float, top_p: float, max_tokens: int | None, stops: tuple[str, ...],
+              seed: int | None, episode: EpisodeTrace, session: str | None) -> CallSpec:
+    """The engine call for one request; an episode's registered sampling wins over the request's own."""
+    s = episode.sampling
+    if s is not None:
+        temperature, top_p, max_tokens = s.temperature, s.top_p, min(max_tokens or s.max_tokens, s.max_tokens)
+    return CallSpec(prompt, n, temperature, top_p, max_tokens, stops, call_seed(seed, episode), session)
 
 
 def call_seed(request_seed: int | None, episode: EpisodeTrace | None) -> int | None:

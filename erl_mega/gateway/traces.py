@@ -2,9 +2,10 @@
 
 When an agent sends its history back, the prompt reuses the ids already sampled for the earlier
 assistant turns wherever the history matches a recorded call (same system text and tools, same
-messages, the same reply we returned), and tokenises only the new messages. A history with assistant
-turns that match no recorded call is a *prefix mismatch*: it is tokenised afresh, counted and
-reported, never merged silently.
+messages, the same reply we returned), and tokenises only the new messages. A history with an
+assistant turn that matches no recorded call is a *prefix mismatch*: the matching prefix is still
+reused, the rest is tokenised as context (never as sampled tokens), and the call is counted and
+reported (`X-Prompt-Origin: mismatch`), never merged silently.
 """
 
 from __future__ import annotations
@@ -55,12 +56,22 @@ class CallRecord:
     finish_reason: str
 
 
+@dataclass(frozen=True)
+class EpisodeSampling:
+    """The sampling a trainer registers for an episode: it wins over what the agent's requests ask for."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int  # a cap: requests may ask for fewer
+
+
 @dataclass
 class EpisodeTrace:
-    """Every call of one episode; the system prompt and seed the SDK registered for it, if any."""
+    """Every call of one episode; the system prompt, seed and sampling the SDK registered for it, if any."""
 
     system_prompt: str | None = None
     seed: int | None = None
+    sampling: EpisodeSampling | None = None
     calls: list[CallRecord] = field(default_factory=list)
     prefix_mismatches: int = 0
 
@@ -72,14 +83,15 @@ class EpisodeTrace:
             if (k >= 0 and rec.head == head and k < len(messages) - 1 and messages[:k] == rec.history
                     and messages[k] == rec.reply and (best is None or k > len(best.history))):
                 best = rec
+        skip = len(best.history) + 1 if best is not None else 0
+        # an assistant turn past the reused prefix was not sampled here (or was edited): counted, never passed off
+        origin = "mismatch" if any(m.role == "assistant" for m in messages[skip:]) else "reused" if best else "fresh"
+        self.prefix_mismatches += origin == "mismatch"
         if best is not None:
             lead = "\n" if best.closed else f"{IM_END}\n"
-            new = chat.encode(lead + render_messages(messages[len(best.history) + 1 :]) + GENERATION_PROMPT)
+            new = chat.encode(lead + render_messages(messages[skip:]) + GENERATION_PROMPT)
             reused = sum(len(s.token_ids) for s in best.segments)
-            return Prompt(best.segments + (Segment(new),), "reused", best.index, reused)
-        origin = "mismatch" if any(m.role == "assistant" for m in messages) else "fresh"
-        if origin == "mismatch":
-            self.prefix_mismatches += 1
+            return Prompt(best.segments + (Segment(new),), origin, best.index, reused)
         body = chat.encode(render_messages(messages) + GENERATION_PROMPT)
         return Prompt((Segment(chat.encode(head)), Segment(body)), origin, None, 0)
 
@@ -144,10 +156,12 @@ class TraceStore:
                 self._episodes.popitem(last=False)
         return self._episodes[episode_id]
 
-    def register(self, episode_id: str, system_prompt: str | None, seed: int | None) -> None:
-        """Start (or restart) an episode: its calls get `system_prompt` as their system message."""
+    def register(self, episode_id: str, system_prompt: str | None, seed: int | None,
+                 sampling: EpisodeSampling | None = None) -> None:
+        """Start (or restart) an episode: its calls get `system_prompt` as their system message and `sampling`."""
         self._episodes.pop(episode_id, None)
-        self.episode(episode_id).system_prompt, self.episode(episode_id).seed = system_prompt, seed
+        episode = self.episode(episode_id)
+        episode.system_prompt, episode.seed, episode.sampling = system_prompt, seed, sampling
 
     def get(self, episode_id: str) -> EpisodeTrace | None:
         return self._episodes.get(episode_id)

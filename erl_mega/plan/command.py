@@ -19,10 +19,12 @@ def plan_main(args: list[str]) -> int:
         if arg == "--json":
             flags["--json"] = True
         elif arg == "--plot":
-            flags["--plot"] = next(it, "plan.png")
+            flags["--plot"] = next(it, "")
         else:
             rest.append(arg)
     try:
+        if flags["--plot"] is not None and (not flags["--plot"] or "=" in flags["--plot"]):
+            raise ValueError(f"--plot needs a PATH (e.g. --plot plan.png), got {flags['--plot']!r}")
         cfg = plan_config(rest)
         shape = load_shape(cfg.model)
     except ValueError as err:
@@ -35,4 +37,5 @@ def plan_main(args: list[str]) -> int:
         print_plan(shape, plans, cfg.top)
     if flags["--plot"]:
         plot(plans, Path(flags["--plot"]), cfg.cluster.gpu_memory_gb, cfg.top)
+        print(f"wrote {flags['--plot']}", file=sys.stderr)
     return 0

@@ -65,7 +65,7 @@ def plot(plans: list[LayoutPlan], path: Path, gpu_memory_gb: float, top: int) ->
     for i, phase in enumerate(phases):
         ax.bar([x + i * width for x in range(len(shown))], [p.phases_gb[phase] for p in shown], width, label=phase)
     ax.axhline(gpu_memory_gb, color="k", linestyle="--", label="GPU memory")
-    ax.set_xticks([x + width * (len(phases) - 1) / 2 for x in range(len(shown))], [_name(p) for p in shown], rotation=30)
+    ax.set_xticks([x + width * (len(phases) - 1) / 2 for x in range(len(shown))], [_name(p) for p in shown], rotation=30, ha="right")
     ax.set_ylabel("GB per GPU")
     ax.legend()
     fig.tight_layout()

@@ -52,7 +52,7 @@ class PlacementSpec:
 @dataclass(frozen=True)
 class TrainSpec:
     micro_batch_size: int = 1
-    recompute: str = "selective"
+    recompute: str = "none"  # what `erl-mega train` runs: its trainer does not recompute activations (yet)
     params_dtype: str = "bfloat16"
     mfu: float = 0.4
     decode_efficiency: float = 0.6  # achieved share of HBM bandwidth while decoding

@@ -20,6 +20,12 @@ from erl_mega.train.trainer import TrainerConfig
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=128, vocab_size=256, max_position_embeddings=64)
 LOSS = LossConfig(PolicyLossConfig(kl_coef=0.01))
+# `erl-mega train` overrides for a run of seconds: a tiny policy, a short warm-up, two tasks of two rollouts
+TINY = [
+    "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.intermediate_size=128",
+    "model.tiny.vocab_size=400", "model.warmup.episodes=48", "model.warmup.epochs=1",
+    "tasks_per_step=2", "algo.n_rollouts=2", "eval_tasks=4", "plot=false",
+]
 
 
 def save_tiny_hf(path: Path, model_type: str, tied: bool = False, seed: int = 0, **overrides: object) -> Path:

@@ -5,14 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from harness import TINY
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.intermediate_size=128",
-    "model.tiny.vocab_size=400", "model.warmup.episodes=48", "model.warmup.epochs=1",
-    "tasks_per_step=2", "algo.n_rollouts=2", "eval_tasks=4", "plot=false",
-]
 
 
 def test_erl_loop_under_torchrun_tp2(tmp_path):

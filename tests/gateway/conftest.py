@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,11 +34,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("gateway") / "tiny")
 
 
-@pytest.fixture(scope="module")
-def gateway_process(tiny_checkpoint):
+@pytest.fixture(scope="session")
+def tool_checkpoint(tmp_path_factory) -> Path:
+    from tool_model import make_tool_model
+
+    return make_tool_model(tmp_path_factory.mktemp("gateway") / "tool")
+
+
+@contextlib.contextmanager
+def serve(checkpoint: Path):
     """`python -m erl_mega.gateway.serve` as a real process on a free port; yields its /v1 URL; ended by pid."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "erl_mega.gateway.serve", "--model", str(tiny_checkpoint), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "erl_mega.gateway.serve", "--model", str(checkpoint), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -50,3 +58,16 @@ def gateway_process(tiny_checkpoint):
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gateway_process(tiny_checkpoint):
+    with serve(tiny_checkpoint) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tool_gateway(tool_checkpoint):
+    """The gateway over the tool-calling checkpoint."""
+    with serve(tool_checkpoint) as url:
+        yield url

@@ -32,19 +32,14 @@ def test_param_count_matches_published(name):
         assert round((total_params(shape) - heads * embedding_params(shape)) / 1e9, digits) == non_embedding
 
 
-def test_param_count_equals_megatron_gptmodel_on_meta():
-    from erl_mega.train.dist import destroy_parallel, init_parallel
+def test_param_count_equals_megatron_gptmodel_on_meta(megatron_parallel):  # the session's group: never torn down here
     from erl_mega.train.megatron_model import build_gpt_model
 
-    init_parallel()
-    try:
-        for name in presets():
-            config = AutoConfig.from_pretrained(PRESETS_DIR / f"{name}.json")
-            with torch.device("meta"):
-                model = build_gpt_model(config, torch.bfloat16)
-            assert sum(p.numel() for p in model.parameters()) == total_params(load_shape(name)), name
-    finally:
-        destroy_parallel()
+    for name in presets():
+        config = AutoConfig.from_pretrained(PRESETS_DIR / f"{name}.json")
+        with torch.device("meta"):
+            model = build_gpt_model(config, torch.bfloat16)
+        assert sum(p.numel() for p in model.parameters()) == total_params(load_shape(name)), name
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])
@@ -81,3 +76,31 @@ def test_unknown_key_is_one_clear_error():
         plan_config(["cluster.gpu=8"])
     with pytest.raises(ValueError, match="placement.mode"):
         plan_config(["placement.mode=sideways"])
+
+
+def test_plot_draws_a_png_per_phase_and_refuses_a_missing_path(tmp_path, capsys):
+    from erl_mega.plan.command import plan_main
+
+    path = tmp_path / "plan.png"
+    assert plan_main(["model=qwen3-8b", "cluster.nodes=1", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plan_main(["--plot", "model=qwen3-8b"]) == 2
+    assert "--plot needs a PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pp,vpp,micro_batches", [(2, 1, 8), (4, 1, 2), (4, 2, 8), (8, 5, 16), (4, 4, 4)])
+def test_in_flight_micro_batches_equal_megatron_schedule_warmup(pp, vpp, micro_batches):
+    """Activations a pipeline rank holds at its peak: megatron's warm-up forwards plus the one 1F1B step's."""
+    from types import SimpleNamespace
+
+    from megatron.core.pipeline_parallel.schedules import get_pp_rank_microbatches
+
+    from erl_mega.plan.memory import in_flight_layers
+
+    layers = pp * vpp * 3
+    for rank in range(pp):
+        p2p = SimpleNamespace(pp_group=SimpleNamespace(size=lambda: pp, rank=lambda: rank),
+                              virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None)
+        total, all_warmup, warmup, _ = get_pp_rank_microbatches(micro_batches, vpp, pp, p2p_communicator=p2p)
+        chunks = total if all_warmup else warmup + 1
+        assert in_flight_layers(layers, pp, vpp, micro_batches, rank) == chunks * layers / (pp * vpp), rank
