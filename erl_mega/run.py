@@ -11,6 +11,7 @@ placed apart and `trainer.async_steps > 0` collection runs ahead of training (er
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import sys
@@ -93,7 +94,7 @@ def resolve_policy(cfg: RunConfig, console: Console) -> Path:
         def tick(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
 
-        return ensure_base_policy(cfg.model, cfg.env, cfg.seed, cfg.trainer, tick)
+        return ensure_base_policy(cfg.model, cfg.env, cfg.trainer, tick)
 
 
 def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> Components:
@@ -221,6 +222,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
     log.close()
     final = run_eval(c)
     results = {"base": base_eval, "trained": _row(final)}
+    (out / "results.json").write_text(json.dumps(results | {"env_steps": env_steps}, indent=1))  # also: the run finished
     console.print(eval_table(results, cfg))
     write_samples(out / "samples.md", final.episodes[:4])
     if cfg.plot:

@@ -66,6 +66,8 @@ class WarmupConfig:
     noise: float = field(metadata={"allowed": "[0, 1]"})
     reflected_noise: float = field(metadata={"allowed": "[0, 1]"})
     missing_tag_rate: float = field(metadata={"allowed": "[0, 1]"})
+    # the demonstrations' and initial weights' seed: one base policy for every run seed (as one pretrained model)
+    seed: int = field(default=0, metadata={"allowed": SEED})
 
 
 @dataclass(frozen=True)
