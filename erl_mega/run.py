@@ -11,6 +11,7 @@ placed apart and `trainer.async_steps > 0` collection runs ahead of training (er
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import sys
@@ -46,7 +47,7 @@ from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import RolloutEngine, SamplingParams
 from erl_mega.rollout.trajectory import Trajectory
 from erl_mega.train.batch import TrainBatch, collate
-from erl_mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from erl_mega.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from erl_mega.train.dist import broadcast_from_leader, init_parallel, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.weights.sync import InProcessWeightSync
@@ -93,7 +94,7 @@ def resolve_policy(cfg: RunConfig, console: Console) -> Path:
         def tick(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
 
-        return ensure_base_policy(cfg.model, cfg.env, cfg.seed, cfg.trainer, tick)
+        return ensure_base_policy(cfg.model, cfg.env, cfg.trainer, tick)
 
 
 def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> Components:
@@ -183,7 +184,7 @@ def _sigterm_exits() -> Iterator[None]:
 def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, c: Components | None) -> dict | None:
     leader = c is not None
     memory, start, base_eval, env_steps = ReflectionMemory(cfg.algo.memory_capacity), 0, None, 0
-    checkpoint = latest_checkpoint(out) if cfg.resume else None
+    checkpoint = resume_point(out) if cfg.resume else None
     if checkpoint is not None:
         memory, state = load_checkpoint(checkpoint, trainer)
         start, base_eval, env_steps = state["step"], state.get("base_eval"), state.get("env_steps", 0)
@@ -221,6 +222,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
     log.close()
     final = run_eval(c)
     results = {"base": base_eval, "trained": _row(final)}
+    (out / "results.json").write_text(json.dumps(results | {"env_steps": env_steps}, indent=1))  # also: the run finished
     console.print(eval_table(results, cfg))
     write_samples(out / "samples.md", final.episodes[:4])
     if cfg.plot:

@@ -2,7 +2,9 @@
 
 The payload is what `sglang.srt.weight_sync.tensor_bucket.FlattenedTensorBucket` plus
 `sglang.srt.utils.MultiprocessingSerializer` produce: base64 of a ForkingPickler dump of
-`{"flattened_tensor": 1-D tensor, "metadata": [FlattenedTensorMetadata, ...]}`. Tensors travel as
+`{"flattened_tensor": 1-D tensor, "metadata": [FlattenedTensorMetadata, ...]}`. SGLang 0.5.23 flattens
+to bytes (uint8, indices in bytes, dtypes mixed); ours keeps one dtype per bucket (indices in elements);
+`tensor[start:end].view(dtype).reshape(shape)` rebuilds both. Tensors travel as
 shared-memory (CPU) or CUDA IPC handles, so one server endpoint serves both transports.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import pickle
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
@@ -46,9 +49,15 @@ class FlatBucket:
         return self.flattened_tensor.numel() * self.flattened_tensor.element_size()
 
     def named_tensors(self) -> NamedTensors:
-        """Views into the buffer, shaped as the originals."""
-        flat = self.flattened_tensor
-        return [(m.name, flat[m.start_idx : m.end_idx].view(m.shape)) for m in self.metadata]
+        """Views into the buffer, shaped as the originals (as SGLang's `reconstruct_tensors`)."""
+        return [(m.name, _typed(self.flattened_tensor[m.start_idx : m.end_idx], m)) for m in self.metadata]
+
+
+def _typed(chunk: torch.Tensor, m: FlattenedTensorMetadata) -> torch.Tensor:
+    """A buffer slice as the tensor it holds; a copy when SGLang's unpadded byte layout left it misaligned."""
+    if chunk.storage_offset() * chunk.element_size() % m.dtype.itemsize:
+        chunk = chunk.clone()
+    return chunk.view(m.dtype).reshape(m.shape)
 
 
 def flatten(named: NamedTensors) -> FlatBucket:
@@ -121,4 +130,6 @@ def deserialize(data: str | bytes) -> FlatBucket:
     for m in metadata:
         if m.end_idx > flat.numel() or m.end_idx - m.start_idx != m.numel:
             raise ValueError(f"serialized_named_tensors[0]: metadata of {m.name!r} lies outside the buffer")
+        if m.numel * flat.element_size() != math.prod(m.shape) * m.dtype.itemsize:
+            raise ValueError(f"serialized_named_tensors[0]: {m.name!r} spans {m.numel} buffer elements, not {m.shape}")
     return FlatBucket(flat, tuple(metadata))

@@ -4,18 +4,25 @@ Run: python -m pytest tests/contracts/test_servers.py -q
 Covers: temperature-0 tokens and log-probs equal to LocalEngine; weight updates by shared memory,
 gloo broadcast and disk, each proven live by generation and by checksum; release / resume; a
 SIGKILLed server loses no request; malformed requests get a 400 naming the field; a request joins a
-running decode (continuous batching); a later turn's prompt is served from the prefix cache.
+running decode (continuous batching); a later turn's prompt is served from the prefix cache; a
+payload built by SGLang's own FlattenedTensorBucket + MultiprocessingSerializer loads (skipped, saying
+why, where sglang is not importable).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
 import torch
+from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from erl_mega.rollout.client import ServerClient, completion, request_body
@@ -213,3 +220,24 @@ def test_request_joins_a_running_decode(served):
     assert worker.is_alive(), "the short request waited for the long one"
     worker.join(120)
     _assert_same(long_out + [short_out], _reference(model, [long_req, short_req]))
+
+
+def test_sglang_built_payload_loads(served, tmp_path):
+    """A `flattened_bucket` payload made by SGLang's own classes in another process is loaded exactly."""
+    model, _, router = served
+    version = router.weight_version + 1
+    trained = _perturbed(model, seed=100 + version)
+    named = {n: p.detach().clone() for n, p in trained.named_parameters()}
+    save_file(named, tmp_path / "tensors.safetensors")
+    client = router.clients[0]
+    sender = subprocess.run([sys.executable, str(Path(__file__).with_name("sglang_sender.py")), client.url,
+                             str(tmp_path / "tensors.safetensors"), str(version)], capture_output=True, text=True, timeout=600)
+    if sender.returncode == 3:
+        pytest.skip(sender.stderr.strip())
+    assert sender.returncode == 0, sender.stdout + sender.stderr
+    assert json.loads(sender.stdout.strip().splitlines()[-1])["body"]["weight_version"] == str(version)
+    assert client.checksum() == weights_checksum(trained.named_parameters())
+    reqs = _requests(3)
+    outs = client.generate(reqs)
+    _assert_same(outs, _reference(trained, reqs))
+    assert {o.weight_version for o in outs} == {version}

@@ -26,8 +26,8 @@ MEMORY_TAGS = ("weights", "kv_cache")
 class ServerState:
     """What the routes share: the scheduler (which owns the engine), the weight loader and released tags."""
 
-    def __init__(self, engine: LocalEngine, model_path: str) -> None:
-        self.scheduler = Scheduler(engine)
+    def __init__(self, engine: LocalEngine, model_path: str, continuous: bool = True) -> None:
+        self.scheduler = Scheduler(engine, continuous)
         self.loader = WeightLoader(engine)
         self.model_path = model_path
         self.released: set[str] = set()
@@ -59,10 +59,13 @@ def _ok(message: str = "Success", **extra) -> dict:
     return {"success": True, "message": message, **extra}
 
 
-def create_app(engine: LocalEngine, model_path: str = "") -> FastAPI:
-    """A FastAPI app serving `engine` over SGLang's native API; `app.state.server` holds the ServerState."""
+def create_app(engine: LocalEngine, model_path: str = "", continuous: bool = True) -> FastAPI:
+    """A FastAPI app serving `engine` over SGLang's native API; `app.state.server` holds the ServerState.
+
+    `continuous=False` batches per request group instead (a batch admits only when empty), for comparison.
+    """
     app = FastAPI(title="erl-mega rollout server")
-    state = ServerState(engine, model_path)
+    state = ServerState(engine, model_path, continuous)
     app.state.server = state
     app.add_exception_handler(RequestValidationError, _field_error)
     app.add_exception_handler(ValueError, _value_error)
@@ -205,6 +208,7 @@ def _control_routes(app: FastAPI, state: ServerState) -> None:
     async def get_server_info():
         cache = state.engine.prefix_cache
         return {"version": "erl-mega", "paused": state.scheduler.paused, "released": sorted(state.released),
-                "max_batch_size": state.engine.max_batch_size, **state.scheduler.stats,
+                "max_batch_size": state.engine.max_batch_size,
+                "batching": "continuous" if state.scheduler.continuous else "request", **state.scheduler.stats,
                 "prefix_cache": {"entries": len(cache), "bytes": cache.nbytes, "max_bytes": cache.max_bytes,
                                  **cache.stats} if cache else None}

@@ -34,8 +34,9 @@ class Scheduler:
     runs its function with nothing in flight, so every completion comes from one weight version.
     """
 
-    def __init__(self, engine: LocalEngine) -> None:
+    def __init__(self, engine: LocalEngine, continuous: bool = True) -> None:
         self.engine = engine
+        self.continuous = continuous  # False: request-level batching, a batch admits only once it is empty
         self.weight_version = str(engine.weight_version)
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
@@ -107,7 +108,7 @@ class Scheduler:
         with self._cond:
             while not self._stopped and not live and not self._admitting():
                 self._cond.wait()
-            room = self.engine.max_batch_size - live if self._admitting() else 0
+            room = self.engine.max_batch_size - live if self._admitting() and (self.continuous or not live) else 0
             joining = [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
             aborted, self._aborted = self._aborted, set()
             self._live = live + len(joining)
