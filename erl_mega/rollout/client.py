@@ -50,6 +50,7 @@ class ServerClient:
         self.timeout = timeout
         self.transport = transport or TensorTransport()
         self.weight_version = 0
+        self.incarnation = 0  # the router bumps it when it restarts the server's process
         self._session = requests.Session()
 
     def post(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict | list:

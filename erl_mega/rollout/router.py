@@ -38,7 +38,8 @@ class Router:
     """Spreads requests over servers; `update_weights` pushes through one transport to all live servers."""
 
     def __init__(self, clients: list[ServerClient], processes: list[ServerProcess | None] | None = None,
-                 transport=None, max_inflight_per_server: int = 64, sticky_sessions: int = 65536) -> None:
+                 transport=None, max_inflight_per_server: int = 64, sticky_sessions: int = 65536,
+                 wait_seconds: float = 600.0) -> None:
         if not clients:
             raise ValueError("Router needs at least one server")
         from erl_mega.weights.transport import TensorTransport
@@ -51,6 +52,7 @@ class Router:
         self._sticky: dict[str, int] = {}
         self._sticky_limit = sticky_sessions
         self._restarting: set[int] = set()
+        self.wait_seconds = wait_seconds  # how long a request waits for a server holding the current weights
 
     def generate(self, requests_: list[GenerationRequest]) -> list[Completion]:
         """One completion per request, in order; each may run on a different server."""
@@ -62,7 +64,7 @@ class Router:
     def generate_one(self, request: GenerationRequest) -> Completion:
         """Run one request, retrying on another server when one dies; 4xx errors are the caller's and raise."""
         rid, cost = uuid.uuid4().hex, len(request.prompt_ids) + request.params.max_new_tokens
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + self.wait_seconds
         while True:
             index = self._pick(request.session, cost)
             server = self._servers[index]
@@ -83,10 +85,11 @@ class Router:
                     with self._lock:
                         server.outstanding_tokens -= cost
             if time.monotonic() > deadline:
-                raise RuntimeError("Router: no server answered within 600 s")
+                raise RuntimeError(f"Router: no server answered within {self.wait_seconds:.0f} s")
 
     def _pick(self, session: str | None, cost: int) -> int:
         """The sticky server of `session` if usable, else the usable one with the fewest outstanding tokens."""
+        deadline = time.monotonic() + self.wait_seconds
         while True:
             with self._lock:
                 usable = [i for i, s in enumerate(self._servers) if s.live and s.version == self.weight_version]
@@ -100,6 +103,11 @@ class Router:
                             self._sticky[session] = index
                     self._servers[index].outstanding_tokens += cost
                     return index
+                stale = [s.client.url for s in self._servers if s.live and s.version != self.weight_version]
+            if time.monotonic() > deadline:  # never a silent hang: the run ends in one line and resumes from its checkpoint
+                raise RuntimeError(
+                    f"Router: no server holds weight version {self.weight_version} after {self.wait_seconds:.0f} s "
+                    f"(restarted, waiting for the next weight push: {stale or 'none'}; the others are dead or restarting)")
             time.sleep(0.2)  # every server is dead or restarting: wait for one
 
     def _done(self, server: _Server, cost: int, tokens: int, seconds: float) -> None:
@@ -125,6 +133,7 @@ class Router:
         server = self._servers[index]
         server.process.restart()
         with self._lock:
+            server.client.incarnation += 1  # a fresh process: a broadcast transport must regroup
             server.metrics["restarts"] += 1
             server.version = 0  # fresh process: the checkpoint it was started from
             server.live = True

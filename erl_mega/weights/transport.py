@@ -27,6 +27,7 @@ class Endpoint(Protocol):
     """What a transport needs of a server: JSON POSTs (ServerClient is one)."""
 
     url: str
+    incarnation: int  # bumped when the server's process is restarted: a fresh process has joined no group
 
     def post(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict: ...
 
@@ -63,14 +64,22 @@ class BroadcastTransport:
     """Rank 0 (this process) broadcasts each tensor to servers at ranks 1..N of its own group (gloo or NCCL)."""
 
     def __init__(self, backend: str = "gloo", master_port: int | None = None, group_name: str = "erl_mega_weights") -> None:
-        from erl_mega.rollout.server.process import free_port
-
-        self.backend, self.group_name = backend, group_name
-        self.master_port = master_port or free_port()
+        self.backend, self.base_name = backend, group_name
+        self.group_name, self.master_port = group_name, master_port
         self._group = None
-        self._servers: tuple[str, ...] = ()
+        self._members: tuple[tuple[str, int], ...] = ()
+        self._generation = 0
 
     def _connect(self, servers: list[Endpoint]) -> None:
+        """A group of this process and `servers`; a changed membership (a server restarted, added or gone)
+        gets a new group under a new name and port, since the survivors still hold the old one."""
+        from erl_mega.rollout.server.process import free_port
+
+        if self._group is not None:
+            self._generation += 1
+            self.group_name, self.master_port = f"{self.base_name}-{self._generation}", free_port()
+        elif self.master_port is None:
+            self.master_port = free_port()
         world = len(servers) + 1
         timeout = datetime.timedelta(seconds=120)
         store = torch.distributed.TCPStore("127.0.0.1", self.master_port, world, True, timeout=timeout, wait_for_workers=False)
@@ -84,12 +93,10 @@ class BroadcastTransport:
             for join in joins:
                 join.result()
         self._store = store  # the store must outlive the group
-        self._servers = tuple(s.url for s in servers)
+        self._members = tuple((s.url, s.incarnation) for s in servers)
 
     def push(self, stream: Iterable[NamedTensors], version: int, servers: list[Endpoint]) -> dict[str, float]:
-        if tuple(s.url for s in servers) != self._servers:
-            if self._group is not None:
-                raise RuntimeError("BroadcastTransport: the server set changed; a new group needs a new transport")
+        if tuple((s.url, s.incarnation) for s in servers) != self._members:
             self._connect(servers)
         sent, start = 0, time.perf_counter()
         for bucket in stream:

@@ -182,6 +182,34 @@ def test_sigkill_mid_batch_loses_no_request(served):
     assert router.metrics()[0]["failures"] >= 1
 
 
+def test_broadcast_regroups_after_a_restart_and_a_stale_router_says_why(served):
+    """A restarted process has joined no group: the next push makes a new one (a new name; the survivor keeps
+    the old), and until a push reaches a restarted server the router waits a bounded time, then says why."""
+    model, procs, router = served
+    router.transport = BroadcastTransport(group_name="regroup")
+    router.update_weights(_hf_stream(model), router.weight_version + 1)
+    procs[1].kill()
+    reqs = _requests(8)
+    _assert_same(router.generate(reqs), _reference(model, reqs))  # server 1's share retried on server 0
+    deadline = time.monotonic() + 180
+    while router.metrics()[1]["restarts"] == 0 or not router.clients[1].health():
+        assert time.monotonic() < deadline, "server 1 was not restarted"
+        time.sleep(0.5)
+    stale = Router([router.clients[1]], wait_seconds=1.0)
+    stale.weight_version = router.weight_version  # the restarted server still holds the checkpoint's weights
+    with pytest.raises(RuntimeError, match=f"no server holds weight version {router.weight_version} after 1 s"):
+        stale.generate_one(reqs[0])
+    version = router.weight_version + 1
+    trained = _perturbed(model, seed=version)
+    router.update_weights(_hf_stream(trained), version)
+    assert router.transport.group_name == "regroup-1"
+    assert [c.checksum() for c in router.clients] == [weights_checksum(trained.named_parameters())] * 2
+    outs = router.generate(reqs)
+    _assert_same(outs, _reference(trained, reqs))
+    assert {o.weight_version for o in outs} == {version}
+    router.update_weights(_hf_stream(model), version + 1)  # later tests compare against the checkpoint's model
+
+
 def _raw_generate(url: str, prompt: tuple[int, ...], params: SamplingParams, seed: int) -> dict:
     r = requests.post(f"{url}/generate", json=request_body(GenerationRequest(prompt, params, seed=seed), f"r{seed}"), timeout=120)
     assert r.status_code == 200, r.text
