@@ -6,7 +6,8 @@ are pushed, so when the trainer (at version v = s-1) takes it, every row is of v
 older than that is rejected all the same (`fresh_rows`). A task's attempt 1, reflection and attempt 2
 each carry the version that produced them (a push may land between them), and the reflection memory
 is updated by the producer alone, task by task, step by step. Before a checkpointed step's successor
-is started the producer waits for the checkpoint, so a checkpoint never has a batch in flight and a
+is started the producer waits for the checkpoint, and it collects nothing past the step that spends
+`env_step_budget` (the run's last checkpoint), so a checkpoint never has a batch in flight and a
 resumed run continues with the next step's tasks: none lost, none repeated.
 """
 
@@ -28,9 +29,12 @@ Collect = Callable[[int], tuple[TrainBatch, dict[str, float]]]
 class AsyncCollector:
     """Produces steps' batches ahead of the trainer, within `async_steps` weight versions of it."""
 
-    def __init__(self, collect: Collect, start: int, steps: int, async_steps: int, checkpoint_every: int) -> None:
+    def __init__(self, collect: Collect, start: int, steps: int, async_steps: int, checkpoint_every: int,
+                 env_steps: int = 0, env_step_budget: int = 0) -> None:
         self.collect, self.async_steps, self.checkpoint_every = collect, async_steps, checkpoint_every
         self._done = start  # the last step whose weights were pushed (and checkpoint written, where due)
+        # the run stops (and checkpoints) after the step that reaches the budget: nothing is collected past it
+        self._env_steps, self._budget = env_steps, env_step_budget
         self._cond = threading.Condition()
         self._ready: queue.Queue = queue.Queue()
         self._stopped = False
@@ -52,6 +56,9 @@ class AsyncCollector:
                         return
                 batch, metrics = self.collect(step)
                 self._ready.put((step, batch, metrics))
+                self._env_steps += int(metrics.get("env_steps", 0))
+                if self._budget and self._env_steps >= self._budget:
+                    return
         except BaseException as err:  # handed to the trainer, which raises it
             self._ready.put((None, err, None))
 

@@ -12,7 +12,7 @@ from erl_mega.config.compose import compose_raw, group_options
 from erl_mega.config.rules import rule_of
 from erl_mega.config.schema import RunConfig, build
 
-USAGE = ("usage: erl-mega {train,eval,export,plan,serve} [--cfg job] [overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]\n"
+USAGE = ("usage: erl-mega {train,eval,export,plan,serve,study} [--cfg job] [overrides, e.g. algo=grpo steps=10 rollout.temperature=0.8]\n"
          "       erl-mega train --help   lists the config groups, their options and every key")
 
 
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from erl_mega.plan.command import plan_main
 
         return plan_main(args[1:])
+    if args and args[0] == "study":  # many `train` runs: study.* keys for itself, the rest for every run
+        from erl_mega.study import study_main
+
+        return study_main(args[1:])
     if args and args[0] == "serve":  # a rollout server process: its own small key=value config
         from erl_mega.rollout.server.serve import main as serve
 
@@ -109,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] == "train":
         from erl_mega.run import train
         from erl_mega.run_dir import RunDirError
+        from erl_mega.train.checkpoint import CheckpointError
 
         try:
             train(cfg)
-        except RunDirError as err:
+        except (RunDirError, CheckpointError) as err:
             print(f"erl-mega: {err}", file=sys.stderr)
             return 2
     elif args[0] == "eval":
@@ -122,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from erl_mega.export import export_hf
 
+        from erl_mega.train.checkpoint import CheckpointError
+
         try:
             export_hf(cfg)
-        except ValueError as err:
+        except (ValueError, CheckpointError) as err:
             print(f"erl-mega: {err}", file=sys.stderr)
             return 2
     return 0

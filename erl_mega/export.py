@@ -11,7 +11,7 @@ from rich.console import Console
 from erl_mega.config.schema import RunConfig
 from erl_mega.model.hf_io import load_tokenizer, save_hf_checkpoint
 from erl_mega.run import resolve_policy
-from erl_mega.train.checkpoint import latest_checkpoint, load_checkpoint
+from erl_mega.train.checkpoint import load_checkpoint, resume_point
 from erl_mega.train.dist import init_parallel, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 
@@ -20,7 +20,7 @@ def export_hf(cfg: RunConfig) -> Path:
     """Gather the trained weights (collective under torchrun, in the run's layout) and write them as HF."""
     init_parallel(cfg.trainer.tp, cfg.trainer.pp, cfg.seed)
     out = Path(cfg.out_dir)
-    checkpoint = latest_checkpoint(out)
+    checkpoint = resume_point(out)
     if checkpoint is None:
         raise ValueError(f"out_dir={str(out)!r} holds no checkpoint to export (train with checkpoint_every > 0)")
     policy_dir = resolve_policy(cfg, Console(quiet=not is_leader()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,9 @@ class MetricsLog:
         self.path = out_dir / "metrics.jsonl"
         if self.path.exists():  # on resume, drop lines past the checkpoint so the log has no repeats
             kept = [json.dumps(r) for r in read_metrics(self.path) if r["step"] <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            tmp = self.path.with_name(".metrics.jsonl.tmp")  # renamed over: a kill mid-rewrite loses no line
+            tmp.write_text("".join(l + "\n" for l in kept))
+            os.replace(tmp, self.path)
         self.tb = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:

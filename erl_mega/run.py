@@ -11,12 +11,16 @@ placed apart and `trainer.async_steps > 0` collection runs ahead of training (er
 
 from __future__ import annotations
 
+import json
 import random
+import signal
+import sys
+import threading
 import time
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,7 +47,7 @@ from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import RolloutEngine, SamplingParams
 from erl_mega.rollout.trajectory import Trajectory
 from erl_mega.train.batch import TrainBatch, collate
-from erl_mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from erl_mega.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from erl_mega.train.dist import broadcast_from_leader, init_parallel, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.weights.sync import InProcessWeightSync
@@ -90,7 +94,7 @@ def resolve_policy(cfg: RunConfig, console: Console) -> Path:
         def tick(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
 
-        return ensure_base_policy(cfg.model, cfg.env, cfg.seed, cfg.trainer, tick)
+        return ensure_base_policy(cfg.model, cfg.env, cfg.trainer, tick)
 
 
 def build(cfg: RunConfig, console: Console, policy_dir: Path | None = None) -> Components:
@@ -153,20 +157,34 @@ def _train(cfg: RunConfig, out: Path, leader: bool) -> dict[str, dict] | None:
     loss = LossConfig(cfg.algo.loss, cfg.algo.distill_coef)  # rows carry their own sampling temperature
     params_dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
     trainer = MegatronTrainer(policy_dir, cfg.trainer, loss, seed=cfg.seed, params_dtype=params_dtype)
-    c = build(cfg, console, policy_dir) if leader else None
+    with _sigterm_exits():
+        c = build(cfg, console, policy_dir) if leader else None
+        try:
+            return _run(cfg, out, console, trainer, c)
+        finally:
+            if c is not None:  # servers we started (and an agent's gateway) end with the run, whatever ended it
+                if c.attempts is not None:
+                    c.attempts.close()
+                c.rollout.close()
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (kill, scancel) ends the run as an exception would: through the finally blocks that end its servers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        return _run(cfg, out, console, trainer, c)
+        yield
     finally:
-        if c is not None:  # servers we started (and an agent's gateway) end with the run, whatever ended it
-            if c.attempts is not None:
-                c.attempts.close()
-            c.rollout.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, c: Components | None) -> dict | None:
     leader = c is not None
     memory, start, base_eval, env_steps = ReflectionMemory(cfg.algo.memory_capacity), 0, None, 0
-    checkpoint = latest_checkpoint(out) if cfg.resume else None
+    checkpoint = resume_point(out) if cfg.resume else None
     if checkpoint is not None:
         memory, state = load_checkpoint(checkpoint, trainer)
         start, base_eval, env_steps = state["step"], state.get("base_eval"), state.get("env_steps", 0)
@@ -176,7 +194,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
         base_eval = _row(run_eval(c))
     workflow = make_workflow(cfg, c, memory) if leader else None
     log = MetricsLog(out, resume_step=start) if leader else None
-    collector = _collector(cfg, c, workflow, start, console)
+    collector = _collector(cfg, c, workflow, start, env_steps, console)
     phases = PhaseMemory(c.rollout.pids if leader else list)
     with progress_bar(console) as bar, closing(collector) if collector else nullcontext():
         task = bar.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.steps, completed=start, info="")
@@ -204,6 +222,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
     log.close()
     final = run_eval(c)
     results = {"base": base_eval, "trained": _row(final)}
+    (out / "results.json").write_text(json.dumps(results | {"env_steps": env_steps}, indent=1))  # also: the run finished
     console.print(eval_table(results, cfg))
     write_samples(out / "samples.md", final.episodes[:4])
     if cfg.plot:
@@ -211,7 +230,7 @@ def _run(cfg: RunConfig, out: Path, console: Console, trainer: MegatronTrainer, 
     return results
 
 
-def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int,
+def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | None, start: int, env_steps: int,
                console: Console) -> AsyncCollector | None:
     """The leader's rollout producer when `trainer.async_steps > 0` and rollout has devices of its own."""
     k = cfg.trainer.async_steps
@@ -224,7 +243,8 @@ def _collector(cfg: RunConfig, c: Components | None, workflow: ErlWorkflow | Non
     if cfg.algo.loss.off_policy.mode is None and cfg.algo.loss.tis_cap is None:
         console.print(f"trainer.async_steps={k}: rows up to {k} versions old train without importance correction; "
                       "set algo.loss.off_policy.mode=truncate (TIS) or mask (MIS)")
-    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every)
+    return AsyncCollector(lambda step: collect_batch(step, cfg, workflow, c), start, cfg.steps, k, cfg.checkpoint_every,
+                          env_steps, cfg.env_step_budget)
 
 
 def make_workflow(cfg: RunConfig, c: Components, memory: ReflectionMemory) -> ErlWorkflow:

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 LOCK = ".lock"
@@ -16,17 +17,26 @@ class RunDirError(Exception):
     """The output directory cannot be used as asked; the message is the one line the CLI prints."""
 
 
-def check_out_dir(out: Path) -> None:
-    """Fail in one line, before any work, on an out_dir that is not a writable directory."""
+def out_dir_problem(out: Path) -> str | None:
+    """Whether `out` is, or can be made, a directory this process writes into (probed without leaving anything)."""
     if out.exists() and not out.is_dir():
-        raise RunDirError(f"out_dir={str(out)!r} is a file, not a directory")
+        return f"out_dir={str(out)!r}: is a file, not a directory"
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        return f"out_dir={str(out)!r}: {existing} is a file, so no directory can be made under it"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as err:
-        raise RunDirError(f"out_dir={str(out)!r} is not writable: {err.strerror or err}") from None
+        return f"out_dir={str(out)!r}: cannot write in {existing} ({err.strerror or err})"
+    return None
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail in one line, before any work, on an out_dir that is not a writable directory; else make it."""
+    problem = out_dir_problem(out)
+    if problem is not None:
+        raise RunDirError(problem)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def claim_for_run(out: Path, resume: bool, overwrite: bool) -> None:

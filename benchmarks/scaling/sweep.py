@@ -1,15 +1,16 @@
 """Scaling study: real trainer steps over model sizes x TP/PP/DP layouts, measured beside the planner's prediction.
 
     python benchmarks/scaling/sweep.py                                     # CPU: gloo, fp32, small Llama/Qwen3 shapes
-    python benchmarks/scaling/sweep.py --sizes qwen3-0.6b,qwen3-1.7b,llama3.1-8b --layouts 1x1x8,2x1x4,4x1x2,8x1x1,2x2x2 \
+    python benchmarks/scaling/sweep.py --sizes qwen3-0.6b,qwen3-1.7b,qwen3-4b --layouts 1x1x8,2x1x4,4x1x2,8x1x1,2x2x2 \
         --rows 64 --seq 2048 --mbs 1                                       # GPUs: NCCL, bf16, one 8-GPU node
 
 Each run is one `torchrun --standalone` of `worker.py` (world = tp x pp x dp). Measured: tokens/s, each rank's
-parameter / gradient / optimizer bytes counted from the tensors, and the memory the first step adds. Predicted by
-`erl_mega.plan`: the same state bytes, activations + loss workspace (`trainer_memory`) and the step time of
-`timing.train_seconds` on a "cluster" whose peak is the dense GEMM rate the ranks measured in the same run, at
-MFU 1 (so measured / predicted tokens/s is the achieved share of GEMM peak; TP / DP communication is not in
-the planner's time model). Writes `<out>/scaling.json` and `<out>/scaling.png`, prints a markdown table and
+parameter / gradient / optimizer bytes counted from the tensors, the peak of the decoder's and the loss's saved
+tensors in a step, and the memory the first step adds. Predicted by `erl_mega.plan`: the same state bytes, each
+rank's activations (`layer_activation_bytes` x its in-flight layers), the fused loss kernel's workspace, and the
+step time of `timing.train_seconds` on a "cluster" whose peak is the dense GEMM rate the ranks measured in the
+same run, at MFU 1 (so measured / predicted tokens/s is the achieved share of GEMM peak; TP / DP communication
+is not in the planner's time model). Writes `<out>/scaling.json` and `<out>/scaling.png`, prints a markdown table and
 a last line of JSON.
 """
 
@@ -28,7 +29,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from erl_mega.plan.flops import train_flops
-from erl_mega.plan.memory import state_bytes, trainer_memory
+from erl_mega.plan.memory import DTYPE_BYTES, in_flight_layers, layer_activation_bytes, loss_workspace_bytes, state_bytes
 from erl_mega.plan.params import total_params
 from erl_mega.plan.shape import PRESETS_DIR, load_shape
 from erl_mega.plan.spec import plan_config
@@ -78,10 +79,12 @@ def predict(hf: Path, tp: int, pp: int, dp: int, ranks: list[dict], args: argpar
                        "workload.rollouts_per_task=1", "workload.prompt_tokens=0", f"workload.response_tokens={args.seq}",
                        f"train.micro_batch_size={args.mbs}", "train.mfu=1.0", "train.recompute=none",
                        f"train.params_dtype={dtype}"])
-    memory = trainer_memory(shape, tp, pp, dp, 1, args.seq, args.mbs, micro_batches_per_rank(cfg, "grpo", dp), "none", dtype)
+    per_layer = layer_activation_bytes(shape, args.seq, args.mbs, tp, "none", DTYPE_BYTES[dtype])
+    micro_batches = micro_batches_per_rank(cfg, "grpo", dp)
     seconds = train_seconds(shape, cfg, "grpo", world, pp, 1, dp)
     return {"state": [sum(state_bytes(shape, tp, pp, dp, r["stage"], dtype).values()) for r in ranks],
-            "activations": memory.activations + memory.loss_workspace, "step_s": seconds,
+            "activations": [int(per_layer * in_flight_layers(shape.layers, pp, 1, micro_batches, r["stage"])) for r in ranks],
+            "loss_workspace": loss_workspace_bytes(shape, args.seq * args.mbs, tp, dtype), "step_s": seconds,
             "tokens_per_s": args.rows * args.seq / seconds, "params": total_params(shape),
             "compute_s": args.rows * train_flops(shape, args.seq, "none") / peak}
 
@@ -95,8 +98,8 @@ def plot(runs: list[dict], path: Path) -> None:
 
     panels = (("tokens/s", lambda r: [(r["predicted"]["tokens_per_s"], r["tokens_per_s"])]),
               ("state MB per rank", lambda r: [(p / 1e6, m / 1e6) for p, m in zip(r["predicted"]["state"], r["state"])]),
-              ("saved for backward, peak MB (busiest rank)",
-               lambda r: [(r["predicted"]["activations"] / 1e6, r["saved_peak"] / 1e6)]))
+              ("activations (decoder's saved tensors), peak MB per rank",
+               lambda r: [(p / 1e6, m / 1e6) for p, m in zip(r["predicted"]["activations"], r["activations"])]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (title, points) in zip(axes, panels):
         for size in dict.fromkeys(r["size"] for r in runs):
@@ -134,7 +137,8 @@ def main() -> None:
             runs.append({"size": size, "layout": f"tp{tp} pp{pp} dp{dp}", "load_avg": load, "step_s": step_s,
                          "tokens_per_s": args.rows * args.seq / step_s, "state": [sum(r[k] for k in (
                              "params", "grads", "main_weights", "optimizer")) for r in ranks],
-                         "saved_peak": max(r["saved_peak"] for r in ranks),
+                         "activations": [r["saved_peak"]["model"] for r in ranks],
+                         "loss_saved": max(r["saved_peak"]["loss"] for r in ranks),
                          "step_memory": max(r["step_memory"] for r in ranks), "gemm_flops": [r["gemm_flops"] for r in ranks],
                          "cpu_s": sum(r["step_cpu_s"] for r in ranks),
                          "predicted": predict(hf, tp, pp, dp, ranks, args, dtype)})
@@ -145,15 +149,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps(result, indent=1))
     plot(runs, args.out / "scaling.png")
-    print("| model | params | layout | tokens/s | predicted | ratio | compute share | state MB/rank (max) | predicted "
-          "| saved peak MB | predicted | step RSS/alloc MB | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | params | layout | tokens/s | predicted | ratio | compute share | state MB/rank | predicted "
+          "| activations MB/rank | predicted | loss saved MB | kernel's workspace | step RSS/alloc rise MB | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         p = r["predicted"]
         print(f"| {r['size']} | {p['params'] / 1e6:.1f}M | {r['layout']} | {r['tokens_per_s']:.0f} | {p['tokens_per_s']:.0f} | "
               f"{r['tokens_per_s'] / p['tokens_per_s']:.2f} | {p['compute_s'] / r['cpu_s']:.2f} | {max(r['state']) / 1e6:.1f} | "
-              f"{max(p['state']) / 1e6:.1f} | {r['saved_peak'] / 1e6:.1f} | {p['activations'] / 1e6:.1f} | "
-              f"{r['step_memory'] / 1e6:.1f} | {r['load_avg']:.1f} |")
+              f"{max(p['state']) / 1e6:.1f} | {max(r['activations']) / 1e6:.1f} | {max(p['activations']) / 1e6:.1f} | "
+              f"{r['loss_saved'] / 1e6:.1f} | {p['loss_workspace'] / 1e6:.1f} | {r['step_memory'] / 1e6:.1f} | {r['load_avg']:.1f} |")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"} | {"runs": len(runs)}))
 
 

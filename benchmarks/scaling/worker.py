@@ -15,13 +15,16 @@ import argparse
 import gc
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from megatron.core import parallel_state
 
 from erl_mega.kernels.losses import PolicyLossConfig
 from erl_mega.train.batch import TrainBatch
+from erl_mega.train import megatron_trainer
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.train.trainer import TrainerConfig
 
@@ -45,6 +48,8 @@ def gemm_flops(device: torch.device, dtype: torch.dtype, n: int, iters: int = 20
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = clock()
     for _ in range(iters):
         a @ b
@@ -61,38 +66,60 @@ def _proc_kb(field: str) -> int:
 
 
 class SavedPeak:
-    """Peak bytes of distinct non-parameter storages autograd holds for backward (what the planner calls activations)."""
+    """Peak bytes of distinct non-parameter storages autograd holds for backward, split into the decoder's
+    (what the planner calls activations) and the loss's (saved while `micro_batch_loss` runs)."""
 
     def __init__(self, params: set[int]) -> None:
-        self.params, self.holders, self.live, self.peak = params, {}, 0, 0
+        self.params, self.kind, self.holders = params, "model", {}
+        self.live, self.peak = {"model": 0, "loss": 0}, {"model": 0, "loss": 0}
 
     def pack(self, t: torch.Tensor) -> object:
         return _Held(self, t)
 
+    @contextmanager
+    def loss_attributed(self) -> Iterator[None]:
+        """Within: what the trainer's loss saves counts as the loss's."""
+        original = megatron_trainer.micro_batch_loss
+
+        def attributed(*args, **kwargs):
+            self.kind = "loss"
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.kind = "model"
+
+        megatron_trainer.micro_batch_loss = attributed
+        try:
+            yield
+        finally:
+            megatron_trainer.micro_batch_loss = original
+
 
 class _Held:
-    """One saved tensor; its storage counts while any saved tensor still holds it."""
+    """One saved tensor; its storage counts (for the kind that saved it first) while any saved tensor holds it."""
 
     def __init__(self, peak: SavedPeak, t: torch.Tensor) -> None:
         self.peak, self.t, self.ptr = peak, t, t.untyped_storage().data_ptr()
         if self.ptr in peak.params:
             return
-        if peak.holders.get(self.ptr, 0) == 0:
-            peak.live += t.untyped_storage().nbytes()
-            peak.peak = max(peak.peak, peak.live)
-        peak.holders[self.ptr] = peak.holders.get(self.ptr, 0) + 1
+        kind, count = peak.holders.get(self.ptr, (peak.kind, 0))
+        if count == 0:
+            peak.live[kind] += t.untyped_storage().nbytes()
+            peak.peak[kind] = max(peak.peak[kind], peak.live[kind])
+        peak.holders[self.ptr] = (kind, count + 1)
 
     def __del__(self) -> None:
         if self.ptr in self.peak.params:
             return
-        self.peak.holders[self.ptr] -= 1
-        if self.peak.holders[self.ptr] == 0:
-            del self.peak.holders[self.ptr]
-            self.peak.live -= self.t.untyped_storage().nbytes()
+        kind, count = self.peak.holders.pop(self.ptr)
+        if count > 1:
+            self.peak.holders[self.ptr] = (kind, count - 1)
+        else:
+            self.peak.live[kind] -= self.t.untyped_storage().nbytes()
 
 
-def _step_memory(trainer: MegatronTrainer, batch: TrainBatch, device: torch.device) -> tuple[int, int]:
-    """(bytes the first step adds on top of the trainer's state, peak bytes saved for backward in it)."""
+def _step_memory(trainer: MegatronTrainer, batch: TrainBatch, device: torch.device) -> tuple[int, dict[str, int]]:
+    """(bytes the first step adds on top of the trainer's state, peak bytes saved for backward by the decoder and the loss)."""
     gc.collect()
     saved = SavedPeak({p.untyped_storage().data_ptr() for p in trainer.model.parameters()})
     if device.type == "cuda":
@@ -101,7 +128,7 @@ def _step_memory(trainer: MegatronTrainer, batch: TrainBatch, device: torch.devi
     else:
         before = _proc_kb("VmRSS") * 1024
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
-    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda held: held.t):
+    with saved.loss_attributed(), torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda held: held.t):
         trainer.step(batch)
     after = torch.cuda.max_memory_allocated() if device.type == "cuda" else _proc_kb("VmHWM") * 1024
     return after - before, saved.peak

@@ -7,6 +7,7 @@ token budget: the oldest attempts go first, then observations are shortened; `No
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,22 @@ REFLECTION_ASK = "Write better instructions for the next attempt inside <prompt>
 MEMORY_HEADER = "Inferred information from past attempts (may be inaccurate):"
 OBSERVATION_CAPS = (None, 400, 160, 60, 20, 0)  # characters per observation, tried in turn once one attempt is left
 STEP_CAPS = (8, 4, 2, 0)  # then only the last steps of that attempt
+
+
+FACT_RE = re.compile(r"\b(hole|goal|box|target)e?s? \((\S)\)")  # how the environments' feedback names a role's symbol
+
+
+def state_facts(facts: dict[str, str]) -> str:
+    """The sentence a reflection writes for what it learnt ("The hole is x. The goal is *.")."""
+    return " ".join(f"The {role} is {symbol}." for role, symbol in facts.items())
+
+
+def facts_in(text: str) -> dict[str, str]:
+    """The role -> symbol facts a feedback line reveals (first mention of each role wins)."""
+    found: dict[str, str] = {}
+    for role, symbol in FACT_RE.findall(text):
+        found.setdefault(role, symbol)
+    return found
 
 
 def with_action_format(prompt: str, action_format: str) -> str:

@@ -11,12 +11,12 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 from erl_mega.config import run_record
 from erl_mega.config.schema import ModelConfig, RunConfig
+from erl_mega.run_dir import out_dir_problem
 
 # A checkpoint holds fp32 weights, their fp32 main copy and Adam's two moments: 16 bytes per parameter.
 CHECKPOINT_BYTES_PER_PARAM = 16
@@ -69,20 +69,6 @@ def env_model_problem(cfg: RunConfig) -> str | None:
         return None
     return (f"env.name={cfg.env.name!r} with the embedded model: its base policy is warmed up on "
             f"{list(DEMONSTRATED_ENVS)} only; set model.path to an HF checkpoint directory or choose model=smollm2-135m")
-
-
-def out_dir_problem(out: Path) -> str | None:
-    """Whether `out` is, or can be made, a directory this process writes into (probed without leaving anything)."""
-    if out.exists() and not out.is_dir():
-        return f"out_dir={str(out)!r}: is a file, not a directory"
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir():
-        return f"out_dir={str(out)!r}: {existing} is a file, so no directory can be made under it"
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as err:
-        return f"out_dir={str(out)!r}: cannot write in {existing} ({err.strerror or err})"
-    return None
 
 
 def disk_problem(cfg: RunConfig) -> str | None:

@@ -66,6 +66,8 @@ class WarmupConfig:
     noise: float = field(metadata={"allowed": "[0, 1]"})
     reflected_noise: float = field(metadata={"allowed": "[0, 1]"})
     missing_tag_rate: float = field(metadata={"allowed": "[0, 1]"})
+    # the demonstrations' and initial weights' seed: one base policy for every run seed (as one pretrained model)
+    seed: int = field(default=0, metadata={"allowed": SEED})
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,10 @@ class RolloutConfig:
 
 
 def _agent_entry(entry: str) -> str | None:
-    from erl_mega.sdk import load_agent
-
+    try:
+        from erl_mega.sdk import load_agent
+    except ImportError as err:
+        return f"{err} (the agent SDK needs `pip install erl-mega[agents]`)"
     try:
         load_agent(entry)
     except ValueError as err:

@@ -77,6 +77,18 @@ def make_env(name: str, **kwargs) -> Env:
     return factory(**kwargs)
 
 
+SYMBOL_POOL = "x*o#+$=~"  # symbols a hidden fact may be drawn with (the warm-up draws its worlds' facts here)
+
+
+def check_symbols(facts: dict[str, str], reserved: str) -> None:
+    """Each role a distinct single character, none of the environment's fixed symbols (ValueError otherwise)."""
+    for role, symbol in facts.items():
+        if len(symbol) != 1 or symbol in reserved or symbol.isspace():
+            raise ValueError(f"env.options.{role}={symbol!r}; must be one character, not whitespace nor one of {reserved!r}")
+    if len(set(facts.values())) != len(facts):
+        raise ValueError(f"env.options {facts}: each role needs its own symbol")
+
+
 TEST_SEED_OFFSET = 1_000_000  # train seeds are [0, 1e6), held-out seeds [1e6, ...): disjoint by construction
 
 

@@ -2,7 +2,9 @@
 
 As the reference: one map per seed, side 2-9, frozen probability ~ U(0.6, 0.85), checked solvable within
 the step limit. Symbols are remapped so the rules are not given away by the letters (no "H" for hole,
-"G" for goal): the agent must learn from feedback which cells end the episode. One action per turn,
+"G" for goal): which symbol is a hole and which the goal (`hole`, `goal`: the task's hidden facts) is
+not in the initial prompt; the feedback names them ("fell into a hole (x)"), so they are discoverable
+from a failed attempt, as the reference's remapped symbols are. One action per turn,
 answered as `<action>up</action>` (up/down/left/right); anything else is an invalid move that uses the turn.
 Held-out maps are disjoint from training maps by content (`content_split`), not only by seed.
 """
@@ -16,10 +18,10 @@ from collections import deque
 import gymnasium as gym
 from gymnasium.envs.toy_text.frozen_lake import generate_random_map
 
-from erl_mega.envs.base import Observation, StepResult, content_split, register_env, split_of
+from erl_mega.envs.base import Observation, StepResult, check_symbols, content_split, register_env, split_of
 
-SYMBOLS = {"S": ".", "F": ".", "H": "x", "G": "*"}  # start and frozen look alike; x = hole, * = goal
-AGENT = "@"
+FLOOR, AGENT = ".", "@"  # start and frozen cells look alike
+FACT_ROLES = ("hole", "goal")  # the hidden facts: the symbol each role is drawn with
 ACTIONS = {"left": 0, "down": 1, "right": 2, "up": 3}  # gymnasium's action ids
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 ACTION_RE = re.compile(r"<action>\s*(\w+)\s*</action>", re.IGNORECASE)
@@ -77,7 +79,8 @@ class FrozenLake:
     parse_action = staticmethod(parse_action)
 
     def __init__(self, *, max_turns: int = 8, min_size: int = 2, max_size: int = 9, min_frozen_prob: float = 0.6,
-                 max_frozen_prob: float = 0.85) -> None:
+                 max_frozen_prob: float = 0.85, hole: str = "x", goal: str = "*") -> None:
+        check_symbols({"hole": hole, "goal": goal}, reserved=FLOOR + AGENT)
         if max_turns < 1:
             raise ValueError(f"env.max_turns={max_turns}; must be >= 1")
         if not 2 <= min_size <= max_size <= 12:
@@ -86,6 +89,8 @@ class FrozenLake:
             raise ValueError(f"env.options.min_frozen_prob={min_frozen_prob}, max_frozen_prob={max_frozen_prob}; "
                              "need 0 < min <= max <= 1")
         self.max_turns = max_turns
+        self.facts = {"hole": hole, "goal": goal}
+        self.symbols = {"S": FLOOR, "F": FLOOR, "H": hole, "G": goal}
         self.sizes, self.probs = (min_size, max_size), (min_frozen_prob, max_frozen_prob)
         self._env: gym.Env | None = None
         self.desc: list[str] = []
@@ -112,7 +117,7 @@ class FrozenLake:
     def render(self) -> str:
         """The map as text rows, the agent drawn over its cell."""
         row, col = self.position
-        rows = ["".join(SYMBOLS[c] for c in line) for line in self.desc]
+        rows = ["".join(self.symbols[c] for c in line) for line in self.desc]
         rows[row] = rows[row][:col] + AGENT + rows[row][col + 1 :]
         return "\n".join(rows)
 
@@ -132,12 +137,22 @@ class FrozenLake:
             note = f"You moved {move}." if self.position != before else f"You did not move: {move} is off the map."
         row, col = self.position
         if reward >= 1:
-            return self._end(1.0, f"Success: reached the goal in {self.turns} steps.")
+            return self._end(1.0, f"Success: reached the goal ({self.facts['goal']}) in {self.turns} steps.")
         if fell:
-            return self._end(0.0, f"Failure: fell into a hole at row {row}, column {col} after {self.turns} steps.")
+            return self._end(0.0, f"Failure: fell into a hole ({self.facts['hole']}) at row {row}, column {col} "
+                                  f"after {self.turns} steps.")
         if self.turns >= self.max_turns:
-            return self._end(0.0, f"Failure: step limit of {self.max_turns} reached without reaching the goal.")
+            return self._end(0.0, f"Failure: step limit of {self.max_turns} reached without reaching the goal "
+                                  f"({self.facts['goal']}).")
         return StepResult(Observation(f"{note}\n{self.render()}"), 0.0, False, note)
+
+    def expert_move(self, believed: dict[str, str]) -> str | None:
+        """First move of a shortest path to the goal for a player who believes the roles are drawn as `believed`
+        (None when that belief sees no path): the demonstrator of the embedded warm-up."""
+        letter = {believed["hole"]: "H", believed["goal"]: "G"}
+        rows = ["".join(letter.get(self.symbols[c], "F") for c in line) for line in self.desc]
+        path = shortest_path(rows, self.position)
+        return path[0] if path else None
 
     def _end(self, reward: float, feedback: str) -> StepResult:
         self.done = True

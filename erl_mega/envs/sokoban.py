@@ -1,7 +1,9 @@
 """Sokoban as a multi-turn text game, on levels generated and optimally solved in C++ (csrc/sokoban.cpp).
 
 Symbols are remapped so the rules are not given away by the letters (no XSB "#", "$", "."): `%` wall,
-`.` floor, `*` target, `o` box, `Q` box on a target, `@` the agent, `&` the agent on a target. One move
+`.` floor, `*` target, `o` box, `Q` box on a target, `@` the agent, `&` the agent on a target. Which
+symbol is the box and which the target (`box`, `target`: the task's hidden facts) is not in the initial
+prompt; the feedback names them ("every box (o) is on a target (*)"), so a failed attempt reveals them. One move
 per turn, answered as `<action>up</action>` (up/down/left/right), exactly as in FrozenLake; a reply
 without a valid move, or a move into a wall or a box that cannot be pushed, uses the turn and says so.
 Reward 1 when every box is on a target. The episode ends solved, at the step limit, or stuck: a box
@@ -17,11 +19,13 @@ from dataclasses import dataclass
 
 import random
 
-from erl_mega.envs.base import Observation, StepResult, content_split, register_env, split_of
+from erl_mega.envs.base import Observation, StepResult, check_symbols, content_split, register_env, split_of
 from erl_mega.envs.frozenlake import ACTION_FORMAT, parse_action
 from erl_mega.native import sokoban_generate
 
-SYMBOLS = {"#": "%", " ": ".", ".": "*", "$": "o", "*": "Q", "@": "@", "+": "&"}  # XSB -> shown
+SYMBOLS = {"#": "%", " ": ".", ".": "*", "$": "o", "*": "Q", "@": "@", "+": "&"}  # XSB -> shown (default facts)
+FIXED = "%.Q@&"  # wall, floor, box on target, agent, agent on target: never a hidden fact's symbol
+FACT_ROLES = ("box", "target")
 PLAN_ACTIONS = {"U": "up", "D": "down", "L": "left", "R": "right"}  # solver plan letters -> action words
 
 
@@ -72,7 +76,8 @@ class Sokoban:
     parse_action = staticmethod(parse_action)
 
     def __init__(self, *, max_turns: int = 8, min_room_size: int = 6, max_room_size: int = 8, num_boxes: int = 1,
-                 max_moves: int = 8) -> None:
+                 max_moves: int = 8, box: str = "o", target: str = "*") -> None:
+        check_symbols({"box": box, "target": target}, reserved=FIXED)
         if max_turns < 1:
             raise ValueError(f"env.max_turns={max_turns}; must be >= 1")
         if not 5 <= min_room_size <= max_room_size <= 10:
@@ -84,6 +89,8 @@ class Sokoban:
             raise ValueError(f"env.options.max_moves={max_moves}; must be >= 1")
         self.max_turns, self.room_sizes, self.num_boxes, self.max_moves = (
             max_turns, (min_room_size, max_room_size), num_boxes, max_moves)
+        self.facts = {"box": box, "target": target}
+        self.symbols = SYMBOLS | {"$": box, ".": target}
         self.level: Level | None = None
         self.solution = ""  # one optimal plan of the current level, as 'UDLR' letters
         self.boxes: set[int] = set()
@@ -119,7 +126,7 @@ class Sokoban:
                     xsb = "@"
                 if cell in level.goals:
                     xsb = {" ": ".", "$": "*", "@": "+"}[xsb]
-                line += SYMBOLS[xsb]
+                line += self.symbols[xsb]
             shown.append(line)
         return "\n".join(shown)
 
@@ -131,19 +138,22 @@ class Sokoban:
         move = parse_action(action)
         note, cornered = (f"Invalid move. {ACTION_FORMAT}", None) if move is None else self._move(move)
         if self.boxes <= self.level.goals:
-            return self._end(1.0, f"Success: every box is on a target after {self.turns} steps.")
+            return self._end(1.0, f"Success: every box ({self.facts['box']}) is on a target ({self.facts['target']}) "
+                                  f"after {self.turns} steps.")
         if cornered is not None:
             row, col = self.level.position(cornered)
             return self._end(
                 0.0,
-                f"Failure: stuck; the box pushed to row {row}, column {col} is in a corner it can never leave, "
+                f"Failure: stuck; the box ({self.facts['box']}) pushed to row {row}, column {col} is in a corner it can "
+                f"never leave, "
                 f"after {self.turns} steps.",
             )
         if self.turns >= self.max_turns:
             placed = len(self.boxes & self.level.goals)
             return self._end(
                 0.0,
-                f"Failure: step limit of {self.max_turns} reached with {placed} of {len(self.boxes)} boxes on targets.",
+                f"Failure: step limit of {self.max_turns} reached with {placed} of {len(self.boxes)} boxes "
+                f"({self.facts['box']}) on targets ({self.facts['target']}).",
             )
         return StepResult(Observation(f"{note}\n{self.render()}"), 0.0, False, note)
 
@@ -167,6 +177,19 @@ class Sokoban:
             pushed_to - 1 in walls or pushed_to + 1 in walls
         )
         return f"You pushed a box {move}.", pushed_to if cornered and pushed_to not in self.level.goals else None
+
+    def expert_move(self, believed: dict[str, str]) -> str | None:
+        """First move of a fewest-moves plan for a player who believes the roles are drawn as `believed` (None
+        when that belief sees no plan within the turns left): the demonstrator of the embedded warm-up."""
+        from erl_mega.envs.sokoban_ref import bfs
+
+        level, shown = self.level, {}
+        for row, line in enumerate(self.render().splitlines(), 1):
+            shown |= {row * level.width + col: ch for col, ch in enumerate(line, 1)}
+        boxes = tuple(c for c, ch in shown.items() if ch in (believed["box"], "Q"))
+        goals = frozenset(c for c, ch in shown.items() if ch in (believed["target"], "Q", "&"))
+        plan = bfs(level.width, level.walls, goals, boxes, self.player, self.max_turns - self.turns)
+        return PLAN_ACTIONS[plan[0]] if plan else None
 
     def _end(self, reward: float, feedback: str) -> StepResult:
         self.done = True

@@ -35,7 +35,7 @@ class ScheduledEngine:
             raise GatewayError(f"the server's memory is released ({sorted(self._released)}); retry later", status=503)
         futures = [self.scheduler.submit(f"gateway-{uuid.uuid4().hex}", r) for r in requests]
         try:
-            return [f.result().completion for f in futures]
+            return [f.result().completion for f in futures]  # the scheduler hands back a batcher.Finished
         except Aborted:
             raise GatewayError("the request was aborted by the server", status=503) from None
 

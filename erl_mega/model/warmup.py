@@ -22,26 +22,27 @@ from erl_mega.train.dist import barrier, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.train.trainer import TrainerConfig
 
-RECIPE_VERSION = 3  # bump when demonstrations or the warm-up change, so stale caches are not reused
+RECIPE_VERSION = 4  # bump when demonstrations or the warm-up change, so stale caches are not reused
 
 
-def base_policy_dir(model: ModelConfig, env: EnvConfig, seed: int) -> Path:
+def base_policy_dir(model: ModelConfig, env: EnvConfig) -> Path:
     """Where the base policy for this recipe lives: a hash of everything that shapes it."""
-    recipe = {"v": RECIPE_VERSION, "tiny": dataclasses.asdict(model.tiny), "warmup": dataclasses.asdict(model.warmup),
-              "env": dataclasses.asdict(env), "seed": seed}
+    warmup = dataclasses.asdict(model.warmup)
+    recipe = {"v": RECIPE_VERSION, "tiny": dataclasses.asdict(model.tiny), "warmup": warmup,
+              "env": dataclasses.asdict(env), "seed": warmup.pop("seed")}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return Path(model.cache_dir).expanduser() / f"base-{env.name}-{digest}"
 
 
 def ensure_base_policy(
-    model: ModelConfig, env_cfg: EnvConfig, seed: int, layout: TrainerConfig, progress: Callable[[int, int, float], None]
+    model: ModelConfig, env_cfg: EnvConfig, layout: TrainerConfig, progress: Callable[[int, int, float], None]
 ) -> Path:
     """Return the cached base policy, building it first if absent (`progress(step, total, loss)`).
 
     Collective under torchrun: every rank trains in the run's TP × PP × DP layout (`layout`);
     the leader writes the tokenizer, the initial weights and the result.
     """
-    out = base_policy_dir(model, env_cfg, seed)
+    out, seed = base_policy_dir(model, env_cfg), model.warmup.seed
     barrier()
     if (out / "model.safetensors").exists():
         return out
@@ -50,17 +51,19 @@ def ensure_base_policy(
             f"the embedded base policy is warmed up on {list(DEMONSTRATED_ENVS)} demonstrations; for env.name={env_cfg.name!r} "
             "set model.path to an HF checkpoint directory"
         )
-    env = make_env(env_cfg.name, max_turns=env_cfg.max_turns, **env_cfg.options)
+    def make_world(facts: dict[str, str]):
+        return make_env(env_cfg.name, max_turns=env_cfg.max_turns, **(env_cfg.options | facts))
+
     staging = out.with_name(out.name + ".init")
     if is_leader():
         bootstrap = ChatFormat(train_tokenizer(["a"], vocab_size=0))  # bytes only: to render demonstrations as text
-        texts = corpus(demonstrations(env, bootstrap, env_cfg.initial_prompt, model.warmup, seed), bootstrap)
+        texts = corpus(demonstrations(make_world, bootstrap, env_cfg.initial_prompt, model.warmup, seed), bootstrap)
         tokenizer = train_tokenizer(texts, model.tiny.vocab_size)
         config = tiny_config(model.tiny, tokenizer)
         save_hf_checkpoint(staging, config, init_tiny_state(config, seed), tokenizer)
     barrier()
     tokenizer = load_tokenizer(staging)
-    rows = demonstrations(env, ChatFormat(tokenizer), env_cfg.initial_prompt, model.warmup, seed)
+    rows = demonstrations(make_world, ChatFormat(tokenizer), env_cfg.initial_prompt, model.warmup, seed)
     sft = dataclasses.replace(layout, lr=model.warmup.lr, micro_batch_size=model.warmup.batch_size)
     trainer = MegatronTrainer(staging, sft, LossConfig(policy=PolicyLossConfig(kl_coef=0.0)), seed=seed)
     bs = model.warmup.batch_size

@@ -50,11 +50,11 @@ def _phases(cfg: PlanConfig, t: TrainerMemory, r: RolloutMemory) -> dict[str, fl
 
 
 def plan_layout(m: ModelShape, cfg: PlanConfig, tp: int, pp: int, vpp: int) -> LayoutPlan:
-    c, p, w, algo = cfg.cluster, cfg.placement, cfg.workload, cfg.workload.algo
+    c, p, algo = cfg.cluster, cfg.placement, cfg.workload.algo
     gpus = c.gpus - (p.rollout_gpus if p.mode == "disaggregated" else 0)
     problems = _divisibility(m, tp, pp, vpp, gpus)
     if problems:
-        return LayoutPlan(tp, pp, 0, vpp, tuple(problems))
+        return LayoutPlan(tp, pp, gpus // (tp * pp), vpp, tuple(problems))  # dp as the GPUs would give it
     dp = gpus // (tp * pp)
     mbs = timing.micro_batches_per_rank(cfg, algo, dp)
     if vpp > 1 and mbs % pp:

@@ -44,23 +44,28 @@ def state_bytes(m: ModelShape, tp: int, pp: int, dp: int, stage: int, params_dty
 def layer_activation_bytes(m: ModelShape, seq: int, mbs: int, tp: int, recompute: str, dtype_bytes: int = 2) -> int:
     """Bytes one layer keeps for backward per micro-batch, counted as megatron-core with our layer spec saves them.
 
-    Measured against autograd's saved tensors of a GPTModel forward (tests/unit/test_plan_activations.py):
+    Measured against autograd's saved tensors of a GPTModel forward at TP 1 and 2 (test_plan_activations.py,
+    test_plan_memory.py):
     each RMSNorm keeps its input, x * rstd and rstd, its output is the next linear's input (replicated
     over TP, no sequence parallelism); attention keeps the fused qkv output (v is a view of it), q and k
     after RoPE, SDPA's output and log-sum-exp (flash / efficient kernels: no [heads, s, s] scores); the
     SwiGLU MLP keeps [gate; up], silu(gate), a copy of up and the product; RoPE's cos / sin for q and k.
-    Qwen3's q/k norms add q's input, both normalised heads and their rstd. Selective recompute
-    (megatron's core-attention checkpoint) drops only the log-sum-exp; full recompute keeps the layer's
-    input. Fused GPU RMSNorm keeps about 2 * hidden fewer elements per token: an upper bound there.
+    Qwen3's q/k norms add both normalised heads, their rstd and (when q's heads are not adjacent in the
+    fused qkv) q's input. Selective recompute (megatron's core-attention checkpoint) drops only the
+    log-sum-exp; full recompute keeps the layer's input. Fused GPU RMSNorm keeps about 2 * hidden fewer
+    elements per token: an upper bound there.
     """
     tokens = seq * mbs
     if recompute == "full":
         return dtype_bytes * tokens * m.hidden
     heads, kv, ffn = m.heads // tp, m.kv_heads // tp, m.ffn // tp
     norms = 2 * (3 * m.hidden + 1)
-    attention = (heads + 2 * kv) * m.head_dim + (2 * heads + kv) * m.head_dim + (heads if recompute == "none" else 0)
-    if m.qk_norm:
-        attention += (2 * heads + kv) * m.head_dim + heads + kv
+    qkv_out = (heads + 2 * kv) * m.head_dim
+    q_k_out = (2 * heads + kv) * m.head_dim  # q and k after RoPE, SDPA's output
+    attention = qkv_out + q_k_out + (heads if recompute == "none" else 0)  # + log-sum-exp per head
+    if m.qk_norm:  # q's input is a copy unless its heads are adjacent in the fused qkv (one KV group, or MHA)
+        q_copy = heads if kv > 1 and heads > kv else 0
+        attention += (q_copy + heads + kv) * m.head_dim + heads + kv
     rope = 4 * seq * m.head_dim  # cos and sin for q and k, one table per micro-batch
     return dtype_bytes * (tokens * (norms + attention + 5 * ffn) + rope)
 
@@ -93,10 +98,8 @@ def trainer_memory(m: ModelShape, tp: int, pp: int, dp: int, vpp: int, seq: int,
     """The busier of the first pipeline rank (most micro-batches in flight, the embedding) and the last (head, loss)."""
     act_bytes, tokens = DTYPE_BYTES[params_dtype], seq * mbs
     per_layer = layer_activation_bytes(m, seq, mbs, tp, recompute, act_bytes)
-    if recompute == "full":  # plus one layer's whole working set while backward recomputes it
-        recomputing = layer_activation_bytes(m, seq, mbs, tp, "none", act_bytes)
-    else:
-        recomputing = 0
+    # full recompute: plus one layer's whole working set while backward recomputes it
+    recomputing = layer_activation_bytes(m, seq, mbs, tp, "none", act_bytes) if recompute == "full" else 0
     ranks = []
     for rank in sorted({0, pp - 1}):
         acts = per_layer * in_flight_layers(m.layers, pp, vpp, micro_batches, rank) + recomputing

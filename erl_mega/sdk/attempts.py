@@ -19,7 +19,7 @@ import openai
 
 from erl_mega.envs.base import Env
 from erl_mega.rollout.agent_loop import EpisodeSpec
-from erl_mega.rollout.engine import SamplingParams
+from erl_mega.rollout.engine import RolloutEngine, SamplingParams
 from erl_mega.rollout.local import LocalEngine
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.trajectory import Trajectory
@@ -77,20 +77,24 @@ class GatewayAttempts:
         self.concurrency, self.model, self._closers = concurrency, model, closers
 
     @classmethod
-    def in_process(cls, agent_: Agent, engine: LocalEngine, chat: ChatFormat, make_env: Callable[[], Env],
+    def in_process(cls, agent_: Agent, engine: RolloutEngine, chat: ChatFormat, make_env: Callable[[], Env],
                    max_context: int, concurrency: int) -> "GatewayAttempts":
-        """Serve a gateway over `engine` from a thread of this process (the embedded run) and play through it.
+        """Serve a gateway over the run's engine from a thread of this process and play through it.
 
-        A Scheduler batches the concurrent agents' calls; weight syncs reach `engine` between steps, when no agent runs.
+        The in-process engine gets a Scheduler, which batches the concurrent agents' calls (weight syncs reach
+        it between steps, when no agent runs); a router or server client takes concurrent calls as it is.
         """
         from erl_mega.gateway.mount import ScheduledEngine
         from erl_mega.gateway.serve import ServerThread, gateway_app
         from erl_mega.rollout.server.scheduler import Scheduler
 
-        scheduler = Scheduler(engine)
-        app, _ = gateway_app(ScheduledEngine(scheduler), chat, "erl-mega", max_context, concurrent=True)
+        closers = []
+        if isinstance(engine, LocalEngine):
+            scheduler = Scheduler(engine)
+            engine, closers = ScheduledEngine(scheduler), [scheduler.stop]
+        app, _ = gateway_app(engine, chat, "erl-mega", max_context, concurrent=True)
         server = ServerThread(app)
-        return cls(agent_, server.url, make_env, concurrency, closers=(server.close, scheduler.stop))
+        return cls(agent_, server.url, make_env, concurrency, closers=(server.close, *closers))
 
     def play(self, specs: list[EpisodeSpec], params: SamplingParams) -> list[Trajectory]:
         """One Trajectory per spec, in order; sampled as `params` say, whatever the agent asks for."""

@@ -71,19 +71,20 @@ class Episode:
     """A context manager: registers the episode at the gateway, yields its AgentContext, builds its Trajectory.
 
     `finish(answer)` steps the agent's final answer into the environment if the episode is still open; an
-    episode the agent left unfinished ends with reward 0 and STOPPED_FEEDBACK (leaving the block finishes it).
+    episode the agent left unfinished ends with reward 0 and STOPPED_FEEDBACK (leaving the block finishes it;
+    leaving it by an exception drops the episode and lets the exception through).
     """
 
-    def __init__(self, base_url: str, env: Env, env_seed: int, system_prompt: str, sampling: Sampling,
-                 sample_seed: int | None = None, model: str = "erl-mega", api_key: str = "erl-mega",
-                 max_turns: int = 0) -> None:
+    def __init__(self, base_url: str, env: Env, env_seed: int, system_prompt: str, sampling: Sampling | None = None,
+                 sample_seed: int | None = None, model: str = "erl-mega", api_key: str = "erl-mega") -> None:
         self.base_url = base_url.rstrip("/")
         self._http = requests.Session()
         task = env.reset(env_seed).text
         self.ctx = AgentContext(self.base_url, api_key, model, f"ep-{uuid.uuid4().hex}", system_prompt, task,
-                                max_turns or getattr(env, "max_turns", 0), env)
-        self._start = {"episode_id": self.ctx.episode_id, "system_prompt": system_prompt, "seed": sample_seed,
-                       "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+                                env.max_turns, env)
+        self._start = {"episode_id": self.ctx.episode_id, "system_prompt": system_prompt, "seed": sample_seed}
+        if sampling is not None:  # else each request's own sampling applies
+            self._start |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
         self.trajectory: Trajectory | None = None
 
     def __enter__(self) -> AgentContext:
@@ -104,8 +105,10 @@ class Episode:
         return self.trajectory
 
     def __exit__(self, kind, error, tb) -> bool:
-        if self.trajectory is None:
-            self.finish(None, error)
+        if kind is not None:  # the agent's own exception: nothing to train on; it propagates
+            self._http.delete(f"{self.base_url}/episodes/{self.ctx.episode_id}", timeout=30)
+        elif self.trajectory is None:
+            self.finish(None)
         return False
 
     def _post(self, path: str, body: dict) -> dict:

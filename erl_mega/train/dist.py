@@ -105,6 +105,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_gather(obj: object) -> list:
+    """Every rank's `obj`, in rank order, on every rank (pickled over the default group; `[obj]` in one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_from_leader(obj: object) -> object:
     """The leader's `obj` on every rank (pickled over the default group; the identity in one process)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

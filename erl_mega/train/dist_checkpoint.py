@@ -39,6 +39,7 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import (
 from megatron.core.models.gpt import GPTModel
 from megatron.core.optimizer import ChainedOptimizer
 
+from erl_mega.train import shard_writer
 from erl_mega.train.dist import barrier
 
 _FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -53,11 +54,16 @@ def init_adam_state(optimizer: ChainedOptimizer) -> None:
 
 
 def save_trainer_state(directory: Path, model: Sequence[GPTModel], optimizer: ChainedOptimizer, version: int) -> None:
-    """Write the policy's chunks, its optimizer and the weight version into `directory` (collective: every rank)."""
+    """Write the policy's chunks, its optimizer and the weight version into `directory` (collective: every rank).
+
+    The shard files are written by supervised workers (`shard_writer`): a failed, killed or hung
+    writer is a ShardWriteError on every rank, never a hang."""
     directory.mkdir(parents=True, exist_ok=True)
     barrier()  # rank 0 checks the directory is empty before anyone writes
     strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), _dp_group())
-    dist_checkpointing.save(_sharded_state(model, optimizer, version, is_loading=False), str(directory), strategy)
+    shard_writer.use_in_process_results()
+    state = _sharded_state(model, optimizer, version, is_loading=False)
+    shard_writer.execute(dist_checkpointing.save(state, str(directory), strategy, async_sharded_save=True))
 
 
 def load_trainer_state(directory: Path, model: Sequence[GPTModel], optimizer: ChainedOptimizer) -> int:

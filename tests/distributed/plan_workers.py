@@ -30,3 +30,14 @@ def measure(rank: int, hf_path: Path, out: Path, layouts: list[tuple[int, int]])
         }
         (out / f"{tp}_{pp}_{rank}.json").write_text(json.dumps(result))
         reset_parallel()
+
+
+def layer_activations(rank: int, out: Path, model_types: list[str]) -> None:
+    """At TP=2: one decoder layer's saved-for-backward bytes on this rank, to `<out>/<model_type>_<rank>.json`."""
+    from saved_tensors import per_layer_bytes
+
+    from erl_mega.train.dist import init_parallel
+
+    init_parallel(tp=2)
+    for model_type in model_types:
+        (out / f"{model_type}_{rank}.json").write_text(json.dumps(per_layer_bytes(model_type, "none")))

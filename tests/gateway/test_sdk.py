@@ -54,6 +54,20 @@ def test_bundled_agents_play_whole_episodes(tool_gateway):
         assert len(tr.turns) == 2 and len(sampled(tr)) == 2 and tr.meta["prefix_mismatches"] == 0, bundled.name
 
 
+def test_streaming_langgraph_agent_chains_its_tool_turns(tool_gateway):
+    """ChatOpenAI(streaming=True) rebuilds tool calls from the gateway's chunks and sends them back as sampled."""
+
+    @agent
+    def streamed(ctx):
+        for _ in build_graph(ctx, streaming=True).stream({"messages": [("user", ctx.task)]}, stream_mode="values"):
+            if ctx.done:
+                return None
+        return None
+
+    tr = streamed.run(tool_gateway, make_env("hotpotqa", max_turns=3), EpisodeSpec(task_seed("train", 4), "Answer.", 1), GREEDY)
+    assert len(tr.turns) == 3 and len(sampled(tr)) == 3 and tr.meta["prefix_mismatches"] == 0
+
+
 def test_edited_history_is_a_reported_prefix_mismatch(tool_gateway, tool_checkpoint):
     """An agent that rewrites an earlier reply gets its prompt tokenised afresh, counted, and kept out of the chain."""
     env = make_env("hotpotqa", max_turns=4)
@@ -76,4 +90,7 @@ def test_edited_history_is_a_reported_prefix_mismatch(tool_gateway, tool_checkpo
     assert origins == ["fresh", "reused", "reused", "mismatch"]
     # the chain keeps calls 1, 2 and 4: the edited reply is context in the last prompt, never a sampled segment
     assert tr.meta["prefix_mismatches"] == 1 and tr.meta["calls"] == 4 and tr.meta["calls_outside_trajectory"] == 1
-    assert len(sampled(tr)) == 3 and "edited" in load_tokenizer(tool_checkpoint).decode(tr.segments[-2].token_ids)
+    tokenizer = load_tokenizer(tool_checkpoint)
+    assert len(sampled(tr)) == 3 and "edited" in tokenizer.decode(tr.segments[-2].token_ids)
+    system = tokenizer.decode(tr.segments[0].token_ids)  # the episode's prompt replaced the agent's, tools listed after it
+    assert system.startswith("<|im_start|>system\nAnswer.\n\n# Tools") and "ignored" not in system

@@ -1,8 +1,8 @@
 """The whole ERL loop on CPU at toy size: runs, logs, checkpoints, and resumes exactly."""
 
-import json
-
 import pytest
+from tiny_run import metrics
+from tiny_run import overrides as tiny_overrides
 
 from erl_mega.cli import load_config, main
 from erl_mega.run import train
@@ -11,26 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def overrides(tmp, out, **extra):
-    base = {
-        "model.cache_dir": str(tmp / "cache"),
-        "model.tiny.hidden_size": 64,
-        "model.tiny.num_layers": 2,
-        "model.tiny.intermediate_size": 128,
-        "model.tiny.vocab_size": 400,
-        "model.warmup.episodes": 48,
-        "model.warmup.epochs": 1,
-        "model.warmup.noise": 0.6,
-        "tasks_per_step": 2,
-        "algo.n_rollouts": 2,
-        "eval_tasks": 4,
-        "out_dir": str(out),
-        "plot": "false",
-    }
-    return [f"{k}={v}" for k, v in (base | extra).items()]
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return tiny_overrides(tmp / "cache", out, **extra)
 
 
 @pytest.fixture(scope="module")

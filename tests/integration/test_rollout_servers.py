@@ -116,3 +116,47 @@ def test_async_run_killed_and_resumed_loses_and_repeats_no_step(cache, tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4], f"killed after step {killed_at}"
     assert all(r["staleness_max"] <= 1 for r in rows)
     assert not serving(str(cache))
+
+
+def test_sigterm_ends_the_run_and_its_servers(cache, tmp_path):
+    out = tmp_path / "terminated"
+    args = overrides(cache, out, steps=50, checkpoint_every=0, **SERVERS)
+    run = subprocess.Popen([sys.executable, "-m", "erl_mega", "train", *args], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "metrics.jsonl").exists():  # servers up, training under way
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert len(serving(str(cache))) == 2
+        run.terminate()  # SIGTERM to the run alone, as scancel or kill would
+        assert run.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert not serving(str(cache))
+
+
+def test_attach_running_servers_by_url(cache, tmp_path):
+    """rollout=sglang with rollout.urls attaches to servers it did not start (here ours, which speak SGLang's API)
+    and leaves them running; weights go by disk."""
+    cfg = load_config(overrides(cache, tmp_path / "unused"))
+    policy = resolve_policy(cfg, Console(quiet=True))
+    pad = load_tokenizer(policy).pad_token_id
+    procs = [ServerProcess.embedded(str(policy), log_path=tmp_path / f"s{i}.log", pad_token_id=pad) for i in range(2)]
+    try:
+        for p in procs:
+            p.start(wait=False)
+        for p in procs:
+            p.wait_healthy()
+        urls = "[" + ",".join(p.url for p in procs) + "]"
+        out = tmp_path / "attached"
+        attach = {"rollout": "sglang", "rollout.urls": urls, "rollout.placement": "disaggregated", "rollout.transport": "disk"}
+        assert main(["train", *overrides(cache, out, steps=1, checkpoint_every=0, **attach)]) == 0
+        (row,) = metrics(out)
+        assert row["sync_bytes"] > 0 and row["logprob_gap_mean"] < 1e-4
+        assert all(p.alive() for p in procs)  # not ours to end
+        assert [ServerClient(p.url).server_version() for p in procs] == ["1", "1"]  # step 1's weights, from disk
+    finally:
+        for p in procs:
+            p.stop()

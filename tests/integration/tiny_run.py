@@ -24,7 +24,7 @@ def overrides(cache: Path, out: Path, **extra) -> list[str]:
         "out_dir": str(out),
         "plot": "false",
     }
-    return [f"{k}={v}" if "=" not in k else k for k, v in (base | extra).items()]
+    return [f"{k}={v}" for k, v in (base | extra).items()]
 
 
 def metrics(out: Path) -> list[dict]:

@@ -1,7 +1,6 @@
 """A scripted FrozenLake player for the workflow tests: the expert's move on the map in the prompt."""
 
 from erl_mega.envs.frozenlake import FrozenLake
-from erl_mega.model.demos import expert_move
 
 
 def expert_script(prompt_text: str) -> str:
@@ -12,4 +11,4 @@ def expert_script(prompt_text: str) -> str:
     env.desc = ["".join({"x": "H", "*": "G"}.get(ch, "F") for ch in row) for row in grid]
     r, c = next((i, row.index("@")) for i, row in enumerate(grid) if "@" in row)
     env._env = type("S", (), {"unwrapped": type("U", (), {"s": r * len(grid) + c})()})()
-    return f"<action>{expert_move(env)}</action>"
+    return f"<action>{env.expert_move(env.facts)}</action>"

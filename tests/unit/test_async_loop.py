@@ -76,3 +76,18 @@ def test_a_producer_failure_reaches_the_trainer():
         collector.take(1, 0)
     assert isinstance(err.value.__cause__, ValueError)
     collector.close()
+
+
+def test_nothing_is_collected_past_the_env_step_budget():
+    started = []
+
+    def collect(step):
+        started.append(step)
+        return _batch([0]), {"env_steps": 10.0}
+
+    collector = AsyncCollector(collect, 0, 10, async_steps=3, checkpoint_every=0, env_steps=5, env_step_budget=30)
+    for step in (1, 2, 3):  # 5 + 3 * 10 >= 30 after step 3: the run's loop stops there
+        collector.take(step, version=step - 1)
+        collector.done(step)
+    collector.close()
+    assert started == [1, 2, 3]

@@ -16,7 +16,7 @@ TABLE = [  # issue 16's rows
     "trainer.grad_clip=nan", "eval_tasks=0", "trainer.tp=3", "rollout.temperature=nan", "rollout.top_p=0",
     "rollout.top_p=2", "rollout.max_new_tokens=0", "rollout.max_new_tokens=-1", "rollout.reflect_max_new_tokens=0",
     "rollout.max_batch_size=0", "trainer.beta1=2", "trainer.weight_decay=-1", "algo.memory_capacity=0", "seed=-1",
-    "model.tiny.num_layers=0", "env=sokoban", "stpes=1",
+    "model.tiny.num_layers=0", "env=hotpotqa", "stpes=1",
 ]
 BAD = {">= 1": 0, ">= 0": -1, "> 0": -1.0, "> 1": 0.5, "finite": "nan", "nonempty": "' '", "[0, 1]": 1.5,
        "(0, 1]": 0, "[0, 1)": 1, "(0, 100]": 0, "[0, 2147483647]": -1, "[0, 999999]": 10**6,

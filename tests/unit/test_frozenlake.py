@@ -4,7 +4,6 @@ import pytest
 
 from erl_mega.envs.base import TEST_SEED_OFFSET, make_env, task_seed
 from erl_mega.envs.frozenlake import FrozenLake, parse_action
-from erl_mega.model.demos import expert_move
 
 
 def test_reset_is_deterministic_and_hides_letters():
@@ -18,7 +17,7 @@ def test_expert_path_reaches_goal_with_success_feedback():
     env = FrozenLake(max_turns=20)
     env.reset(5)
     while True:
-        result = env.step(f"I go <action>{expert_move(env)}</action>")
+        result = env.step(f"I go <action>{env.expert_move(env.facts)}</action>")
         if result.done:
             break
     assert result.reward == 1.0 and result.feedback.startswith("Success")
@@ -37,7 +36,7 @@ def test_hole_feedback_names_the_cell():
     seed = next(s for s in range(300) if _desc(s)[0][1] == "H")
     env.reset(seed)
     result = env.step("<action>right</action>")
-    assert result.done and result.reward == 0 and "hole at row 0, column 1" in result.feedback
+    assert result.done and result.reward == 0 and "hole (x) at row 0, column 1" in result.feedback
 
 
 def _desc(seed):

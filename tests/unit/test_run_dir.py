@@ -20,7 +20,7 @@ def test_a_file_or_an_unwritable_out_dir_is_one_line(tmp_path):
     if os.geteuid() != 0:  # root writes through permission bits
         locked = tmp_path / "ro"
         locked.mkdir(mode=0o500)
-        with pytest.raises(RunDirError, match="is not writable"):
+        with pytest.raises(RunDirError, match="cannot write in"):
             check_out_dir(locked / "run")
 
 

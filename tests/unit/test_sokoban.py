@@ -89,7 +89,7 @@ def test_box_against_wall_cannot_be_pushed_and_solving_ends_with_success():
     assert blocked.feedback == "No effect: the box cannot be pushed right." and not blocked.done
     load(env, ["#####", "#@$.#", "#####"])
     done = env.step(act("right"))
-    assert done.done and done.reward == 1.0 and done.feedback == "Success: every box is on a target after 1 steps."
+    assert done.done and done.reward == 1.0 and done.feedback == "Success: every box (o) is on a target (*) after 1 steps."
 
 
 def test_box_pushed_into_a_corner_ends_stuck():
@@ -98,7 +98,7 @@ def test_box_pushed_into_a_corner_ends_stuck():
     env.step(act("left"))
     stuck = env.step(act("left"))
     assert stuck.done and stuck.reward == 0.0
-    assert stuck.feedback.startswith("Failure: stuck; the box pushed to row 2, column 1 is in a corner")
+    assert stuck.feedback.startswith("Failure: stuck; the box (o) pushed to row 2, column 1 is in a corner")
 
 
 def test_step_limit_feedback_and_step_after_end():
@@ -106,7 +106,7 @@ def test_step_limit_feedback_and_step_after_end():
     env.reset(0)
     env.step("nothing")
     end = env.step("still nothing")
-    assert end.done and end.reward == 0 and end.feedback == "Failure: step limit of 2 reached with 0 of 1 boxes on targets."
+    assert end.done and end.reward == 0 and end.feedback == "Failure: step limit of 2 reached with 0 of 1 boxes (o) on targets (*)."
     with pytest.raises(RuntimeError, match="reset"):
         env.step(act("up"))
 
