@@ -1,12 +1,15 @@
-"""python benchmarks/rollout/bench_server_engine.py [--episodes 16 --turns 4 --prompt 96 --obs 24 --max-batch 16]
+"""python benchmarks/rollout/bench_server_engine.py [--episodes 16 --turns 4 --prompt 96 --obs 24 --max-batch 16 --rounds 2
+    --hidden 256 --layers 4]
 
 The embedded rollout server (`erl-mega serve`, its own process on loopback) under a multi-turn workload:
 every episode is a client thread that sends turn k+1 (its history + completion + an observation) as
 soon as turn k returns, with per-episode completion lengths from 4 to 64 tokens. Three servers, one
-after the other, on the same random Qwen2 (hidden 256, 4 layers, vocab 4096): continuous batching with
+after the other, on the same random Qwen2 (by default hidden 256, 4 layers, vocab 4096): continuous batching with
 the prefix cache, continuous without it, and request-level batching with it. Prints wall time,
 episodes/s, completion tokens/s, prompt tokens prefilled and the server process's CPU seconds, the
-ratios side by side, whether all three produced the same tokens, and a last line of JSON.
+ratios side by side, whether all three produced the same tokens, and a last line of JSON. The three run
+in turn `--rounds` times (A B C A B C ...) and each keeps its best wall time, so a load change on a
+shared machine does not fall on one of them alone.
 """
 
 from __future__ import annotations
@@ -79,20 +82,30 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=96)
     parser.add_argument("--obs", type=int, default=24)
     parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=args.hidden, intermediate_size=3 * args.hidden,
+                         num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=2,
+                         tie_word_embeddings=True,
                          max_position_embeddings=2048, initializer_range=0.2)
     ckpt = tempfile.mkdtemp(prefix="bench_server_engine_")
     Qwen2ForCausalLM(config).save_pretrained(ckpt)
     load = os.getloadavg()[0]
-    rows = [run(ckpt, "continuous + prefix cache", {}, args),
-            run(ckpt, "continuous, no cache", {"prefix_cache_mb": 0}, args),
-            run(ckpt, "request-level + prefix cache", {"batching": "request"}, args)]
+    configs = [("continuous + prefix cache", {}), ("continuous, no cache", {"prefix_cache_mb": 0}),
+               ("request-level + prefix cache", {"batching": "request"})]
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for label, options in configs:
+            row = run(ckpt, label, options, args)
+            best[label] = row if label not in best or row["wall_s"] < best[label]["wall_s"] else best[label]
+    rows = [best[label] for label, _ in configs]
     base = rows[0]
     same = all(r["outputs"] == base["outputs"] for r in rows)
-    print(f"{args.episodes} episodes x {args.turns} turns, prompt {args.prompt}, obs {args.obs}, max batch {args.max_batch};"
+    print(f"Qwen2 hidden {args.hidden} x {args.layers} layers; {args.episodes} episodes x {args.turns} turns, prompt "
+          f"{args.prompt}, obs {args.obs}, max batch {args.max_batch};"
           f" load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"{'server':30s} {'wall s':>7s} {'cpu s':>7s} {'ep/s':>6s} {'tok/s':>7s} {'prefilled':>9s} {'cached':>7s} "
           f"{'steps':>6s} {'wall x':>7s} {'cpu x':>6s}")

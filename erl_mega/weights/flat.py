@@ -60,8 +60,11 @@ def _typed(chunk: torch.Tensor, m: FlattenedTensorMetadata) -> torch.Tensor:
     return chunk.view(m.dtype).reshape(m.shape)
 
 
-def flatten(named: NamedTensors) -> FlatBucket:
-    """Concatenate same-dtype tensors into one bucket (ValueError if empty or mixed)."""
+def flatten(named: NamedTensors, shared: bool = False) -> FlatBucket:
+    """Concatenate same-dtype tensors into one bucket (ValueError if empty or mixed).
+
+    `shared`: a CPU buffer is allocated in shared memory and written once, instead of copied there after.
+    """
     if not named:
         raise ValueError("flatten: empty bucket")
     dtypes = {t.dtype for _, t in named}
@@ -72,23 +75,29 @@ def flatten(named: NamedTensors) -> FlatBucket:
         n = tensor.numel()
         metadata.append(FlattenedTensorMetadata(name, tensor.shape, tensor.dtype, start, start + n, n))
         start += n
-    return FlatBucket(torch.cat([t.detach().reshape(-1) for _, t in named]), tuple(metadata))
+    parts = [t.detach().reshape(-1) for _, t in named]
+    out = torch.empty(start, dtype=parts[0].dtype, device=parts[0].device)
+    if shared and not out.is_cuda:
+        out.share_memory_()
+    return FlatBucket(torch.cat(parts, out=out), tuple(metadata))
 
 
-def rebucket(stream: Iterable[NamedTensors], max_bytes: int = DEFAULT_BUCKET_BYTES) -> Iterator[FlatBucket]:
-    """Regroup the trainer's HF-named stream into flat buckets of one dtype and at most `max_bytes` (or one tensor)."""
+def rebucket(stream: Iterable[NamedTensors], max_bytes: int = DEFAULT_BUCKET_BYTES,
+             shared: bool = False) -> Iterator[FlatBucket]:
+    """Regroup the trainer's HF-named stream into flat buckets of one dtype and at most `max_bytes` (or one tensor);
+    `shared` as `flatten`'s."""
     pending: dict[torch.dtype, tuple[NamedTensors, int]] = {}
     for bucket in stream:
         for name, tensor in bucket:
             size = tensor.numel() * tensor.element_size()
             group, held = pending.get(tensor.dtype, ([], 0))
             if group and held + size > max_bytes:
-                yield flatten(group)
+                yield flatten(group, shared)
                 group, held = [], 0
             group.append((name, tensor))
             pending[tensor.dtype] = (group, held + size)
     for group, _ in pending.values():
-        yield flatten(group)
+        yield flatten(group, shared)
 
 
 def serialize(bucket: FlatBucket) -> str:

@@ -49,9 +49,7 @@ class TensorTransport:
 
     def push(self, stream: Iterable[NamedTensors], version: int, servers: list[Endpoint]) -> dict[str, float]:
         sent, start = 0, time.perf_counter()
-        for bucket in rebucket(stream, self.bucket_bytes):
-            if not bucket.flattened_tensor.is_cuda:
-                bucket.flattened_tensor.share_memory_()
+        for bucket in rebucket(stream, self.bucket_bytes, shared=True):  # CPU buffers born in shared memory
             body = {"serialized_named_tensors": [serialize(bucket)], "load_format": "flattened_bucket",
                     "flush_cache": True, "weight_version": str(version)}
             _all(servers, "/update_weights_from_tensor", body)  # returns once every server acked this buffer

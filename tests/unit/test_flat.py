@@ -44,8 +44,8 @@ def test_sglang_byte_layout_rebuilds_mixed_dtypes_exactly():
 
 def test_our_per_dtype_buckets_round_trip():
     named = _named()
-    buckets = list(rebucket([named[:2], named[2:]], max_bytes=64))
-    assert all(len({m.dtype for m in b.metadata}) == 1 for b in buckets)
+    buckets = list(rebucket([named[:2], named[2:]], max_bytes=64, shared=True))
+    assert all(len({m.dtype for m in b.metadata}) == 1 and b.flattened_tensor.is_shared() for b in buckets)
     rebuilt = dict(t for b in buckets for t in deserialize(serialize(b)).named_tensors())
     assert all(torch.equal(rebuilt[n], t) for n, t in named)
 

@@ -45,7 +45,11 @@ class ServerProcess:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait:
-            self.wait_healthy()
+            try:
+                self.wait_healthy()
+            except RuntimeError:
+                self.stop()  # a server that never became healthy is not left running
+                raise
         return self
 
     def wait_healthy(self) -> None:
