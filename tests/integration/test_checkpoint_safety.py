@@ -72,7 +72,18 @@ def slow_writes(monkeypatch, seconds=60.0):
 
 
 def writer_children():
-    return [c for c in psutil.Process().children() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    """The checkpoint's forked writer workers: children running this process's own command line (servers,
+    torch's shm manager and other tests' subprocesses exec'd something else)."""
+    me = psutil.Process()
+    alive = [c for c in me.children() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    return [c for c in alive if _cmdline(c) == me.cmdline()]
+
+
+def _cmdline(process: psutil.Process) -> list[str] | None:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # it ended meanwhile
+        return None
 
 
 def test_a_raising_writer_without_psutil_is_one_line(trainer, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ TINY = {
     "model.tiny.vocab_size": 400, "model.warmup.episodes": 48, "model.warmup.epochs": 1, "model.warmup.noise": 0.6,
     "tasks_per_step": 2, "algo.n_rollouts": 2, "eval_tasks": 2, "plot": "false", "checkpoint_every": 1,
 }
-TIMING = ("time_", "_per_s", "sync_seconds")  # wall-clock measurements: the only fields two runs may differ in
+TIMING = ("time_", "_per_s", "sync_seconds", "mem_")  # wall-clock and resident-memory measurements: the only fields two runs may differ in
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import subprocess
 import sys
 
@@ -16,8 +17,10 @@ def test_each_phase_reports_its_own_peak():
     metrics: dict[str, float] = {}
     memory = PhaseMemory()
     with memory.phase("big", metrics):
-        block = bytearray(300 << 20)  # touched: resident
-        del block
+        block = mmap.mmap(-1, 300 << 20)  # fresh pages (a malloc could reuse resident ones), each touched
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
+        block.close()
     with memory.phase("small", metrics):
         pass
     assert metrics["mem_big_trainer_mb"] > metrics["mem_small_trainer_mb"] + 250
