@@ -129,8 +129,3 @@ class DiskTransport:
             sent += sum(t.numel() * t.element_size() for t in tensors.values())
         _all(servers, "/update_weights_from_disk", {"model_path": str(target), "weight_version": str(version)})
         return {"sync_bytes": float(sent), "sync_seconds": time.perf_counter() - start}
-
-
-TRANSPORTS = {"tensor": TensorTransport, "broadcast": BroadcastTransport, "disk": DiskTransport}
-# placement -> default transport: colocated shares memory (CUDA IPC / shm), disaggregated broadcasts
-PLACEMENT_TRANSPORT = {"colocated": "tensor", "disaggregated": "broadcast"}
