@@ -46,8 +46,6 @@ def fused_policy_loss(
     into the same pass (-weight per token); metrics["policy_loss"] excludes it.
     """
     if hidden.is_cuda:
-        if cfg.off_policy.mode is not None:
-            raise NotImplementedError("algo.loss.off_policy on the Triton path; use tis_cap there (token-level TIS)")
         from erl_mega.kernels.fused_linear_logprob import fused_policy_loss_triton as impl
     else:
         impl = fused_policy_loss_reference

@@ -2,11 +2,13 @@
 
 Same math as `erl_mega.kernels.losses.policy_loss` on `token_logprobs` / `token_entropy` of
 hidden @ weight.T: clip-low/high, dual-clip, KL k1/k3/low_var_kl, entropy bonus, truncated importance
-weights and the three aggregations. The per-token loss and its derivative are one Triton kernel;
-the vocab-wide work is `erl_mega.kernels.chunked_lm_head`.
+weights, off-policy TIS / MIS (folded into the advantages) and the three aggregations. The per-token loss
+and its derivative are one Triton kernel; the vocab-wide work is `erl_mega.kernels.chunked_lm_head`.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.distributed as dist
@@ -14,10 +16,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from erl_mega.kernels.losses import PolicyLossConfig
+from erl_mega.kernels.losses import OffPolicyConfig, PolicyLossConfig, off_policy_weights
 from erl_mega.kernels.chunked_lm_head import DEFAULT_CHUNK_ROWS, CoefFn, lm_head_pass, scaled_saved_grads
 from erl_mega.kernels.results import PolicyLossOutput
-from erl_mega.kernels.token_layout import aggregation_weights, flatten_tokens
+from erl_mega.kernels.token_layout import aggregation_weights, flatten_tokens, unpack_to_padded
 
 KL_KINDS = {"k1": 1, "k3": 2, "low_var_kl": 3}  # 0: no KL term (kl_coef == 0)
 BLOCK_TOKENS = 1024
@@ -232,11 +234,16 @@ def fused_policy_loss_triton(
         logp_coef=logp_coef,
     )
     tokens = {k: v.contiguous() if v is not None else None for k, v in tokens.items()}
+    is_metrics: dict[str, Tensor] = {}
+    if cfg.off_policy.mode is not None and tokens["rollout_logp"] is not None:
+        tokens["advantages"], is_metrics = _off_policy_advantages(flat_hidden, weight, tokens, cu, cfg, temperature, group,
+                                                                  chunk_rows)
+        cfg = dataclasses.replace(cfg, off_policy=OffPolicyConfig())
     loss, logp, entropy, clipped, kl, policy = _PolicyLossFunction.apply(
         flat_hidden, weight, tokens, cu, cfg, temperature, group, chunk_rows, torch.is_grad_enabled()
     )
     flat_mask = tokens["mask"].float()
-    metrics = {"clip_frac": _token_mean(clipped, flat_mask)}
+    metrics = is_metrics | {"clip_frac": _token_mean(clipped, flat_mask)}
     if cfg.kl_coef > 0:
         metrics["kl"] = _token_mean(kl, flat_mask)
     metrics["entropy"] = _token_mean(entropy, flat_mask)
@@ -244,6 +251,24 @@ def fused_policy_loss_triton(
     return PolicyLossOutput(
         loss=loss, metrics=metrics, logp=logp.view(targets.shape), entropy=entropy.view(targets.shape)
     )
+
+
+def _off_policy_advantages(flat_hidden: Tensor, weight: Tensor, tokens: dict[str, Tensor | None], cu: Tensor,
+                           cfg: PolicyLossConfig, temperature: float, group: dist.ProcessGroup | None,
+                           chunk_rows: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """TIS / MIS folded into the advantages: the weights depend only on old and rollout log-probs and are >= 0,
+    so w * PPO(A) = PPO(w * A) and the kernel needs no new input. On-policy (old_logp None) the old log-probs
+    are the current ones, from one extra no-grad pass over the lm-head."""
+    old = tokens["old_logp"]
+    if old is None:
+        with torch.no_grad():
+            old = lm_head_pass(flat_hidden, weight, tokens["targets"], temperature=temperature, group=group,
+                               chunk_rows=chunk_rows).logp
+    padded = {k: unpack_to_padded(v, cu) for k, v in
+              {"old": old, "rollout": tokens["rollout_logp"], "mask": tokens["mask"].float()}.items()}
+    weights, metrics = off_policy_weights(padded["old"], padded["rollout"], padded["mask"], cfg.off_policy)
+    valid = torch.arange(weights.shape[1], device=weights.device) < (cu[1:] - cu[:-1])[:, None]
+    return tokens["advantages"] * weights[valid].to(tokens["advantages"].dtype), metrics
 
 
 def fused_token_logprobs_triton(

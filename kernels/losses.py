@@ -201,16 +201,16 @@ def policy_loss(
     rollout_logp: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO/PPO objective for one batch: clipped surrogate + KL + entropy bonus, aggregated."""
+    metrics: dict[str, Tensor] = {}
+    if cfg.off_policy.mode is not None and rollout_logp is not None:
+        weights, metrics = off_policy_weights(old_logp, rollout_logp, mask, cfg.off_policy)
+        advantages = advantages * weights  # w >= 0, detached: w * PPO(A) = PPO(w * A), dual-clip included
     per_token, was_clipped = ppo_clip_per_token(logp, old_logp, advantages, cfg)
     if cfg.tis_cap is not None and rollout_logp is not None:
         # Truncated importance sampling: correct for the rollout engine sampling from a slightly
         # different distribution than the trainer computes (numerics, stale weights).
         per_token = per_token * (old_logp - rollout_logp).exp().clamp(max=cfg.tis_cap).detach()
-    metrics: dict[str, Tensor] = {"clip_frac": _token_mean(was_clipped.float(), mask).detach()}
-    if cfg.off_policy.mode is not None and rollout_logp is not None:
-        weights, is_metrics = off_policy_weights(old_logp, rollout_logp, mask, cfg.off_policy)
-        per_token = per_token * weights
-        metrics |= is_metrics
+    metrics["clip_frac"] = _token_mean(was_clipped.float(), mask).detach()
     if cfg.kl_coef > 0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs reference log-probs (ref_logp)")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from erl_mega.kernels.losses import PolicyLossConfig
+from erl_mega.kernels.losses import OffPolicyConfig, PolicyLossConfig
 from erl_mega.kernels.dispatch import fused_policy_loss, fused_token_logprobs
 from erl_mega.kernels.fused_linear_logprob import fused_policy_loss_triton, fused_token_logprobs_triton
 from erl_mega.kernels.reference import fused_policy_loss_reference, fused_token_logprobs_reference
@@ -26,6 +26,12 @@ CONFIGS = {
     "entropy-bonus": PolicyLossConfig(entropy_coef=0.01),
     "tis": PolicyLossConfig(tis_cap=1.5, clip_low=0.1, clip_high=0.1),
     "everything": PolicyLossConfig(entropy_coef=0.02, tis_cap=2.0, kl_kind="k3", kl_coef=0.1, aggregation="token-mean"),
+    # stale-row corrections (trainer.async_steps): folded into the advantages on the Triton path
+    "tis-token": PolicyLossConfig(off_policy=OffPolicyConfig(mode="truncate", cap=1.2)),
+    "mis-token": PolicyLossConfig(off_policy=OffPolicyConfig(mode="mask", cap=1.5, floor=0.7)),
+    "mis-sequence": PolicyLossConfig(off_policy=OffPolicyConfig(mode="mask", level="sequence", cap=3.0, floor=0.3)),
+    "tis-geometric": PolicyLossConfig(off_policy=OffPolicyConfig(mode="truncate", level="geometric", cap=1.05),
+                                      aggregation="token-mean"),
 }
 
 
@@ -193,6 +199,15 @@ def test_on_policy_and_a_per_token_logp_coefficient_match_reference(dtype, devic
     assert out.metrics["clip_frac"] == 0  # on-policy: nothing clipped
     coef_part = (tokens["logp_coef"] * out.logp).sum()
     _close(out.loss - coef_part, out.metrics["policy_loss"])
+
+
+@pytest.mark.parametrize("name", ["tis-token", "mis-sequence"])
+def test_on_policy_off_policy_correction_weighs_against_the_current_policy(name, device):
+    """old_logp None: the importance weights compare the current log-probs (one extra no-grad pass) with the rollout's."""
+    hidden, weight = _lm_head(21, 32, 300, torch.float32, device)
+    mask = torch.rand(21, generator=torch.Generator().manual_seed(3)) > 0.2
+    tokens = _tokens(hidden, weight, mask) | {"old_logp": None}
+    _check(hidden, weight, tokens, CONFIGS[name], cu_seqlens=torch.tensor([0, 6, 6, 7, 15, 21]))
 
 
 def test_no_grad_pass_returns_the_same_loss_without_gradient_work(device, monkeypatch):
