@@ -31,7 +31,8 @@ def load_config(overrides: list[str]) -> RunConfig:
 def config_help() -> str:
     """`erl-mega train --help`: the config groups with their options, then every key with its default and range."""
     lines = [USAGE, "", "config groups (group=option):"]
-    lines += [f"  {group}: {', '.join(options)}" for group, options in group_options().items()]
+    sections = {f.name for f in dataclasses.fields(RunConfig)}  # `study/` is `erl-mega study`'s, not a run's
+    lines += [f"  {group}: {', '.join(options)}" for group, options in group_options().items() if group in sections]
     lines += ["", "keys (key=value; defaults of the default run):"]
     try:
         defaults = _flat(dataclasses.asdict(load_config([])))

@@ -105,9 +105,15 @@ def test_help_and_printing_the_config(capsys):
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
     assert "algo: erl, grpo" in text and "trainer.lr=0.0005" in text
+    assert "  study:" not in text  # erl-mega study's group, not a run's
     assert "allowed: an HF checkpoint directory" in text and "_hf_checkpoint" not in text
     assert main(["train", "--cfg", "job", "trainer.lr=1e-3"]) == 0
     assert "lr: 0.001" in capsys.readouterr().out
+
+
+def test_serve_names_a_bad_number(capsys):
+    assert main(["serve", "model.path=/nowhere", "port=abc"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == "erl-mega serve: port='abc': must be an integer"
 
 
 def test_real_command_line_reports_one_line():

@@ -51,6 +51,8 @@ def parse(args: list[str]) -> ServeConfig:
         key = "model_path" if key == "model.path" else key
         if not sep or key not in known:
             raise ValueError(f"{arg!r}: expected key=value with key in model.path, {', '.join(list(known)[1:])}")
+        if known[key] == "int" and not value.lstrip("-").isdigit():
+            raise ValueError(f"{key}={value!r}: must be an integer")
         values[key] = int(value) if known[key] == "int" else value
     if "model_path" not in values:
         raise ValueError("model.path is required")
