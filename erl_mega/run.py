@@ -344,8 +344,12 @@ def evaluate_policy(cfg: RunConfig) -> dict[str, dict]:
         replace(cfg.algo, n_rollouts=1), c.make_env, c.engine, c.chat, cfg.env.initial_prompt, c.action_format, act,
         reflect, c.max_context, ReflectionMemory(cfg.algo.memory_capacity), c.attempts,
     )
-    with c.rollout:  # servers we started end here
-        episodes = workflow.collect([task_seed("test", i) for i in range(cfg.eval_tasks)], sample_seed=cfg.seed)
+    try:
+        with c.rollout:  # servers we started end here
+            episodes = workflow.collect([task_seed("test", i) for i in range(cfg.eval_tasks)], sample_seed=cfg.seed)
+    finally:
+        if c.attempts is not None:  # the agent's gateway thread, as `train` closes it
+            c.attempts.close()
     tau = cfg.algo.success_threshold
     results = {"attempt 1": _held_out_row([t.attempt1[0] for t in episodes.tasks], tau)}
     retried = [a for t in episodes.tasks for a in t.attempt2]

@@ -29,3 +29,21 @@ def test_erl_step_with_langgraph_agent_sees_the_new_weights(tool_checkpoint, tmp
     assert versions[-2:] == ["weights-v1"] * 2 and set(versions[:-2]) == {"weights-v0"} and SEEN[-1]["header"] == "1"
     assert len(versions) >= 2 + 2 + 2 + 2  # greedy evals: two tool turns; sampled attempts 1 and 2: one call or more each
     assert results["trained"]["success"] == 0.0
+
+
+def test_eval_with_an_agent_stops_its_gateway(tool_checkpoint, tmp_path):
+    import threading
+    import time
+
+    from erl_mega.run import evaluate_policy
+
+    before = set(threading.enumerate())
+    overrides = {"agent": "langgraph_qa", "agent.entry": "recording_agent:recording_qa", "model.path": tool_checkpoint,
+                 "env.max_turns": 2, "eval_tasks": 1, "rollout.max_new_tokens": 40,
+                 "rollout.reflect_max_new_tokens": 16, "out_dir": tmp_path / "eval"}
+    results = evaluate_policy(load_config([f"{k}={v}" for k, v in overrides.items()]))
+    assert results["attempt 1"]["success"] == 0.0
+    deadline = time.monotonic() + 10
+    while (left := set(threading.enumerate()) - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"threads left running: {sorted(t.name for t in left)}"
