@@ -31,7 +31,7 @@ from erl_mega.rollout.trajectory import Segment, Trajectory, Turn
 
 DEMONSTRATED_ENVS = ("frozenlake", "sokoban")  # environments the embedded base policy can be warmed up on
 MOVES = ("up", "down", "left", "right")
-FOLLOW_WRONG_RATE = 0.15  # episodes that also demonstrate following wrongly stated facts
+FOLLOW_WRONG_RATE = 0.3  # episodes that also demonstrate following wrongly stated facts
 REQUEST_TOKENS = 768  # the reflection request's budget, as algo.reflection_tokens' default
 
 

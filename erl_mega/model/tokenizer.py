@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+# Grid cells stay one token each, so a cell's neighbours sit at fixed offsets: every punctuation character
+# but the tags' (<, >, /) is its own piece, and so is a grid letter (x, o, Q: symbols the environments draw)
+# that touches no other letter or sits inside a run of them ("xxo"). Words ("box", "down") are untouched.
+GRID_PIECE = r"[^\w\s<>/]|(?<![A-Za-z])[xoQ]|[xoQ](?![A-Za-z])|(?<=[xoQ])[xoQ](?=[xoQ])"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -15,9 +19,11 @@ CHATML_TEMPLATE = (
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Train byte-level BPE on `texts`: any string stays encodable, frequent strings get short codes."""
+    """Train byte-level BPE on `texts`: any string stays encodable, frequent words get short codes, grid cells one each."""
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(GRID_PIECE), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -22,7 +22,7 @@ from erl_mega.train.dist import barrier, is_leader
 from erl_mega.train.megatron_trainer import LossConfig, MegatronTrainer
 from erl_mega.train.trainer import TrainerConfig
 
-RECIPE_VERSION = 4  # bump when demonstrations or the warm-up change, so stale caches are not reused
+RECIPE_VERSION = 5  # bump when demonstrations or the warm-up change, so stale caches are not reused
 
 
 def base_policy_dir(model: ModelConfig, env: EnvConfig) -> Path:

@@ -62,3 +62,20 @@ def test_feedback_names_the_symbols_and_the_expert_acts_on_its_belief():
         make_env("frozenlake", goal="@")
     with pytest.raises(ValueError, match="its own symbol"):
         make_env("sokoban", box="x", target="x")
+
+
+@pytest.mark.parametrize("name", ["frozenlake", "sokoban"])
+def test_every_grid_cell_is_one_token_so_neighbours_sit_at_fixed_offsets(name):
+    """The embedded tokenizer keeps a rendered map's cells apart, for the RL task's symbols and every world's."""
+    from erl_mega.model.tokenizer import train_tokenizer
+
+    make_world = lambda facts: make_env(name, max_turns=8, **facts)  # noqa: E731
+    rng = random.Random(1)
+    worlds = [{}] + [draw_facts(make_world({}).facts, rng) for _ in range(12)]
+    maps = [make_world(facts).reset(seed).text for facts in worlds for seed in range(40)]
+    words = ["You moved down. The box is o. Failure: fell into a hole (x) after 3 steps. <action>left</action>"] * 50
+    tokenizer = train_tokenizer(maps * 20 + words, vocab_size=400)  # BPE would merge "...." and "xx" if it could
+    for text in maps:
+        for line in text.splitlines():
+            assert [tokenizer.decode([i]) for i in tokenizer.encode(line)] == list(line), line
+    assert len(tokenizer.encode("<action>left</action>")) == 7  # words still merge: <, action, >, left, </, action, >
