@@ -176,7 +176,9 @@ def test_sigkill_mid_batch_loses_no_request(served):
     assert len(results) == len(reqs)
     _assert_same(results, _reference(model, reqs))
     deadline = time.monotonic() + 180
-    while procs[0].restarts == 0 or not procs[0].alive() or not router.clients[0].health():
+    # the router's own record: its restart thread marks the server live (at the checkpoint's version) last, and
+    # a push made before that would leave the server stale for the next test
+    while router.metrics()[0]["restarts"] == 0 or not procs[0].alive() or not router.clients[0].health():
         assert time.monotonic() < deadline, "server 0 was not restarted"
         time.sleep(0.5)
     assert router.metrics()[0]["failures"] >= 1
