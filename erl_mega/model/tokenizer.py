@@ -18,11 +18,13 @@ CHATML_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, grid_cells: bool = False) -> PreTrainedTokenizerFast:
     """Train byte-level BPE on `texts`: any string stays encodable, frequent words get short codes, grid cells one each."""
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(GRID_PIECE), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = (  # grid_cells: the embedded policy's, so a map's cells stay one token each
+        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(GRID_PIECE), behavior="isolated"), byte_level])
+        if grid_cells else byte_level
     )
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

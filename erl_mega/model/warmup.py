@@ -58,7 +58,7 @@ def ensure_base_policy(
     if is_leader():
         bootstrap = ChatFormat(train_tokenizer(["a"], vocab_size=0))  # bytes only: to render demonstrations as text
         texts = corpus(demonstrations(make_world, bootstrap, env_cfg.initial_prompt, model.warmup, seed), bootstrap)
-        tokenizer = train_tokenizer(texts, model.tiny.vocab_size)
+        tokenizer = train_tokenizer(texts, model.tiny.vocab_size, grid_cells=True)
         config = tiny_config(model.tiny, tokenizer)
         save_hf_checkpoint(staging, config, init_tiny_state(config, seed), tokenizer)
     barrier()

@@ -22,6 +22,7 @@ TINY = {
     "model.tiny.vocab_size": 400, "model.warmup.episodes": 48, "model.warmup.epochs": 1, "model.warmup.noise": 0.6,
     "tasks_per_step": 2, "algo.n_rollouts": 2, "eval_tasks": 2, "plot": "false", "checkpoint_every": 1,
 }
+ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1"}  # every run of a comparison: thread counts change float reductions
 TIMING = ("time_", "_per_s", "sync_seconds", "mem_")  # wall-clock and resident-memory measurements: the only fields two runs may differ in
 
 
@@ -36,8 +37,7 @@ def argv(cache, out, **extra):
 
 
 def start(cmd):
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
 
 
 def metrics(out):
@@ -116,7 +116,7 @@ def test_a_sigkilled_writer_stops_the_run_in_one_line(cache, tmp_path):
 def test_five_kill_9s_then_resume_give_the_uninterrupted_metrics(cache, tmp_path):
     steps = 8  # room: a kill lands before the run ends on its own
     straight = tmp_path / "straight"
-    subprocess.run(argv(cache, straight, steps=steps), check=True, capture_output=True, timeout=600)
+    subprocess.run(argv(cache, straight, steps=steps), check=True, capture_output=True, timeout=600, env=ONE_THREAD)
     out, rng = tmp_path / "killed", random.Random(0)
     for kill in range(5):
         run = start(argv(cache, out, steps=steps, resume="true"))
@@ -128,7 +128,8 @@ def test_five_kill_9s_then_resume_give_the_uninterrupted_metrics(cache, tmp_path
             run.kill()
         run.wait()
         assert run.returncode == -signal.SIGKILL, f"kill {kill + 1}: the run ended on its own"
-    finished = subprocess.run(argv(cache, out, steps=steps, resume="true"), capture_output=True, text=True, timeout=600)
+    finished = subprocess.run(argv(cache, out, steps=steps, resume="true"), capture_output=True, text=True, timeout=600,
+                              env=ONE_THREAD)
     assert finished.returncode == 0, finished.stderr
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, steps + 1))  # no step twice, none missing
@@ -145,8 +146,7 @@ def test_a_script_without_a_main_guard_trains_once(cache, tmp_path):
             f.write("ran\\n")
         erl_mega.cli.main(["train", *{args!r}])
         """))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
     assert marker.read_text() == "ran\n"  # a spawned worker would have re-imported the script and run it again
     assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]

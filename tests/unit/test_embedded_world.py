@@ -74,7 +74,7 @@ def test_every_grid_cell_is_one_token_so_neighbours_sit_at_fixed_offsets(name):
     worlds = [{}] + [draw_facts(make_world({}).facts, rng) for _ in range(12)]
     maps = [make_world(facts).reset(seed).text for facts in worlds for seed in range(40)]
     words = ["You moved down. The box is o. Failure: fell into a hole (x) after 3 steps. <action>left</action>"] * 50
-    tokenizer = train_tokenizer(maps * 20 + words, vocab_size=400)  # BPE would merge "...." and "xx" if it could
+    tokenizer = train_tokenizer(maps * 20 + words, vocab_size=400, grid_cells=True)  # BPE would merge "...." and "xx" if it could
     for text in maps:
         for line in text.splitlines():
             assert [tokenizer.decode([i]) for i in tokenizer.encode(line)] == list(line), line
