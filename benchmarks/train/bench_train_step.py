@@ -78,7 +78,7 @@ def random_batch(rows: int, max_len: int, vocab: int, prompt_fraction: float, di
     return TrainBatch(
         input_ids=ids[:, :-1], targets=ids[:, 1:], loss_mask=mask,
         advantages=torch.randn(rows, 1, generator=g).expand(rows, max_len) * mask,
-        rollout_logprobs=-mask, distill_weight=is_distill.float(), is_distill=is_distill,
+        rollout_logprobs=-mask, behaviour_known=~is_distill, distill_weight=is_distill.float(), is_distill=is_distill,
         versions=(0,) * rows, temperatures=torch.ones(rows), lengths=lengths,
     )
 

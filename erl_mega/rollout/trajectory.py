@@ -45,6 +45,9 @@ class Trajectory:
     weight_version: int
     meta: dict = field(default_factory=dict, compare=False)
     temperature: float = 1.0  # the sampling temperature of its sampled tokens: the trainer scores them at it
+    # False once re-paired with another system message: its log-probs were sampled under the old one, so they
+    # are not the behaviour policy's for this sequence (no importance weight, no rollout-vs-trainer gap)
+    behaviour_logprobs: bool = True
 
     @property
     def feedback(self) -> str:
@@ -64,4 +67,5 @@ class Trajectory:
         """The same episode re-paired with another system message (context distillation)."""
         if system.sampled:
             raise ValueError("a system segment is never sampled")
-        return dataclasses.replace(self, segments=(system,) + self.segments[1:], meta=dict(self.meta))
+        return dataclasses.replace(self, segments=(system,) + self.segments[1:], meta=dict(self.meta),
+                                   behaviour_logprobs=False)

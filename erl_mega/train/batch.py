@@ -19,6 +19,7 @@ class TrainBatch:
     loss_mask: Tensor  # [B, T] float: 1 where the target token was sampled by the policy
     advantages: Tensor  # [B, T] float: the row's advantage on every position (policy rows)
     rollout_logprobs: Tensor  # [B, T] float: the engine's log-prob of each target token (0 off-mask)
+    behaviour_known: Tensor  # [B] bool: rollout_logprobs are the sampling policy's for this very context
     distill_weight: Tensor  # [B] float: > 0 only on distillation rows
     is_distill: Tensor  # [B] bool
     versions: tuple[int, ...]  # weight version that sampled each row
@@ -52,6 +53,7 @@ def collate(rows: list[TrainRow], pad_id: int) -> TrainBatch:
         loss_mask=mask[:, 1:],
         advantages=adv,
         rollout_logprobs=logp[:, 1:],
+        behaviour_known=torch.tensor([r.trajectory.behaviour_logprobs for r in rows]),
         distill_weight=torch.tensor([r.weight if r.kind == "distill" else 0.0 for r in rows]),
         is_distill=torch.tensor([r.kind == "distill" for r in rows]),
         versions=tuple(r.trajectory.weight_version for r in rows),

@@ -61,6 +61,25 @@ def loss_token_logprobs(hidden: Tensor, weight: Tensor, mb: ModelInputs, tp_grou
     return logp
 
 
+def behaviour_logprobs(
+    h: Tensor, weight: Tensor, mb: ModelInputs, cfg: PolicyLossConfig, tp_group: dist.ProcessGroup | None
+) -> Tensor | None:
+    """The log-probs importance weights correct toward: the rollout's, except on re-contextualised rows.
+
+    A distilled row was sampled under another system message, so its behaviour log-probs are unknown; it
+    takes the old policy's (the current one's, on-policy), so its importance weight is exactly 1.
+    None when the loss corrects nothing (no TIS / MIS).
+    """
+    if cfg.off_policy.mode is None and cfg.tis_cap is None:
+        return None
+    if bool(mb.behaviour_known.all()):
+        return mb.rollout_logprobs
+    old = mb.old_logprobs
+    if old is None:
+        old, _ = fused_token_logprobs(h.detach(), weight.detach(), mb.targets, group=tp_group)
+    return torch.where(mb.behaviour_known, mb.rollout_logprobs, old.to(mb.rollout_logprobs.dtype))
+
+
 def micro_batch_loss(
     hidden: Tensor, weight: Tensor, mb: ModelInputs, cfg: LossConfig, tp_group: dist.ProcessGroup | None
 ) -> tuple[Tensor, LossReport]:
@@ -75,7 +94,8 @@ def micro_batch_loss(
     coef = -cfg.distill_coef * mb.distill_share / scale * distill  # d(distillation term)/d(logp)
     out = fused_policy_loss(
         h, weight, mb.targets, mb.old_logprobs, mb.advantages, mb.policy_mask, cfg.policy,
-        ref_logp=mb.ref_logprobs, rollout_logp=mb.rollout_logprobs, logp_coef=coef if mb.distill_share else None,
+        ref_logp=mb.ref_logprobs, rollout_logp=behaviour_logprobs(h, weight, mb, cfg.policy, tp_group),
+        logp_coef=coef if mb.distill_share else None,
         cu_seqlens=mb.loss_cu_seqlens, group=tp_group,
     )
     report = LossReport()
@@ -84,7 +104,7 @@ def micro_batch_loss(
         on = mb.policy_mask > 0
         old = out.logp if mb.old_logprobs is None else mb.old_logprobs
         report.sums["ppo_kl"] = mb.policy_share * float((old - out.logp)[on].mean())
-        report.gaps = (out.logp - mb.rollout_logprobs)[on].abs()
+        report.gaps = (out.logp - mb.rollout_logprobs)[on & mb.behaviour_known].abs()
     if mb.distill_share:
         report.sums["distill_loss"] = mb.distill_share * float(-(distill * out.logp).sum())
     return total + scale * out.loss, report

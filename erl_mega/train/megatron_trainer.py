@@ -207,6 +207,9 @@ class MegatronTrainer:
         one_update = cfg.ppo_epochs == 1 and size >= batch.num_rows
         if cfg.old_logprobs == "rollout":
             old = batch.rollout_logprobs
+            if not bool(batch.behaviour_known.all()):  # re-contextualised rows: the trainer scores them itself
+                known = batch.behaviour_known[:, None]
+                old = torch.where(known, old, self._batch_logprobs(self.ddp, self.model, batch))
         else:
             old = None if one_update else self._batch_logprobs(self.ddp, self.model, batch)
         return StepLogprobs(old, ref)
@@ -241,8 +244,9 @@ class MegatronTrainer:
         b, t = input_ids.shape
         zeros = torch.zeros(b, t)
         batch = TrainBatch(
-            input_ids, targets, torch.ones(b, t), zeros, zeros, torch.zeros(b), torch.zeros(b, dtype=torch.bool),
-            (0,) * b, torch.ones(b) if temperatures is None else temperatures, torch.full((b,), t),
+            input_ids, targets, torch.ones(b, t), zeros, zeros, torch.ones(b, dtype=torch.bool), torch.zeros(b),
+            torch.zeros(b, dtype=torch.bool), (0,) * b, torch.ones(b) if temperatures is None else temperatures,
+            torch.full((b,), t),
         )
         logp = self._batch_logprobs(self.ddp, self.model, batch)
         return logp if parallel_state.is_pipeline_last_stage() else None

@@ -48,6 +48,7 @@ class ModelInputs:
     distill_mask: Tensor  # [k] float
     advantages: Tensor  # [k] float
     rollout_logprobs: Tensor  # [k] float
+    behaviour_known: Tensor  # [k] bool: the rollout log-prob is the behaviour policy's (not a re-contextualised row)
     inv_temperature: Tensor  # [k] float: 1 / the temperature the token's row was sampled at
     old_logprobs: Tensor | None  # [k] float; None: on-policy (the current log-probs, detached)
     ref_logprobs: Tensor | None  # [k] float
@@ -175,6 +176,7 @@ def _loss_tokens(
         distill_mask=distill,
         advantages=batch.advantages[batch_rows, c],
         rollout_logprobs=batch.rollout_logprobs[batch_rows, c],
+        behaviour_known=batch.behaviour_known[batch_rows],
         inv_temperature=1.0 / batch.temperatures[batch_rows].float(),
         old_logprobs=old,
         ref_logprobs=ref,

@@ -54,6 +54,7 @@ def make_batch(rows: int = 8, width: int = 12, vocab: int = 256, seed: int = 0) 
         loss_mask=mask,
         advantages=torch.randn(rows, 1, generator=g).expand(rows, width).contiguous(),
         rollout_logprobs=-torch.rand(rows, width, generator=g) * mask,
+        behaviour_known=~is_distill,
         distill_weight=torch.where(is_distill, 0.5 + torch.rand(rows, generator=g), 0.0),
         is_distill=is_distill,
         versions=(0,) * rows,

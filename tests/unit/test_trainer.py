@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from erl_mega.kernels.losses import PolicyLossConfig, ppo_clip_per_token
+from erl_mega.kernels.losses import OffPolicyConfig, PolicyLossConfig, ppo_clip_per_token
 from erl_mega.algo.rows import TrainRow
 from erl_mega.config.schema import TinyModelConfig
 from erl_mega.envs.frozenlake import FrozenLake
@@ -22,6 +22,7 @@ from erl_mega.rollout.agent_loop import EpisodeSpec, play_episodes
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.rollout.engine import SamplingParams
 from erl_mega.rollout.local import LocalEngine
+from erl_mega.rollout.trajectory import Segment
 from erl_mega.train.batch import collate
 from erl_mega.train import megatron_trainer
 from erl_mega.train.megatron_model import gpt_hidden_states
@@ -100,6 +101,41 @@ def test_trainer_reports_the_gap_to_rollouts_at_their_temperature(policy, episod
     assert trainer(path).step(batch)["logprob_gap_max"] < 1e-4  # sampled at 1.0: scored at 1.0
     hotter = dataclasses.replace(batch, temperatures=torch.full((batch.num_rows,), 2.0))
     assert trainer(path).step(hotter)["logprob_gap_mean"] > 1e-2  # scored at 2.0: the gap shows it
+
+
+def recontextualised_batch(episodes, chat):
+    """Policy rows, plus RAFT rows re-paired with another system message (their engine log-probs are stale)."""
+    other = Segment(chat.system("Another instruction, longer than the one the episodes were sampled under."))
+    rows = [TrainRow(tr, "policy", "attempt1", advantage=(-1) ** i) for i, tr in enumerate(episodes)]
+    rows += [TrainRow(tr.with_system(other), "policy", "distill", advantage=1.0) for tr in episodes[:3]]
+    batch = collate(rows, chat.tokenizer.pad_token_id)
+    # an untrained policy barely reads its prompt; a trained one's log-probs move with it: e^1 off, as if
+    stale = (~batch.behaviour_known)[:, None] * batch.loss_mask
+    return dataclasses.replace(batch, rollout_logprobs=batch.rollout_logprobs - stale)
+
+
+def test_recontextualised_rows_get_no_importance_weight_and_no_gap(policy, episodes, megatron_parallel):
+    path, chat = policy
+    batch = recontextualised_batch(episodes, chat)
+    assert batch.behaviour_known.tolist() == [True] * len(episodes) + [False] * 3
+    plain = trainer(path, kl=0.0)
+    m_plain = plain.step(batch)
+    for loss in (PolicyLossConfig(kl_coef=0.0, tis_cap=1.5),
+                 PolicyLossConfig(kl_coef=0.0, off_policy=OffPolicyConfig(mode="mask", cap=1.5, floor=0.7))):
+        corrected = MegatronTrainer(path, TrainerConfig(lr=1e-3, micro_batch_size=16, grad_clip=1e9), LossConfig(loss))
+        m = corrected.step(batch)
+        assert_same_grads(corrected, plain)  # every known row's weight is ~1 (same weights), the others exactly 1
+        assert m["logprob_gap_max"] < 1e-4 == pytest.approx(m_plain["logprob_gap_max"], abs=1e-4)
+
+
+def test_old_logprobs_from_rollout_are_the_trainers_on_recontextualised_rows(policy, episodes, megatron_parallel):
+    path, chat = policy
+    batch = recontextualised_batch(episodes, chat)
+    recomputed, from_rollout = trainer(path, lr=1e-2, ppo_mini_batch_size=5), trainer(path, lr=1e-2, ppo_mini_batch_size=5,
+                                                                                     old_logprobs="rollout")
+    m_re, m_ro = recomputed.step(batch), from_rollout.step(batch)
+    assert_same_grads(recomputed, from_rollout)  # known rows: rollout ~ trainer; re-contextualised: the trainer's
+    assert m_ro["clip_frac"] == pytest.approx(m_re["clip_frac"], abs=1e-6)
 
 
 def test_micro_batching_equals_one_big_batch(policy, episodes, megatron_parallel):
