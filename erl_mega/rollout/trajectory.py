@@ -47,7 +47,7 @@ class Trajectory:
     temperature: float = 1.0  # the sampling temperature of its sampled tokens: the trainer scores them at it
     # False once re-paired with another system message: its log-probs were sampled under the old one, so they
     # are not the behaviour policy's for this sequence (no importance weight, no rollout-vs-trainer gap)
-    behaviour_logprobs: bool = True
+    behaviour_known: bool = True
 
     @property
     def feedback(self) -> str:
@@ -68,4 +68,4 @@ class Trajectory:
         if system.sampled:
             raise ValueError("a system segment is never sampled")
         return dataclasses.replace(self, segments=(system,) + self.segments[1:], meta=dict(self.meta),
-                                   behaviour_logprobs=False)
+                                   behaviour_known=False)

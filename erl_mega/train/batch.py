@@ -53,7 +53,7 @@ def collate(rows: list[TrainRow], pad_id: int) -> TrainBatch:
         loss_mask=mask[:, 1:],
         advantages=adv,
         rollout_logprobs=logp[:, 1:],
-        behaviour_known=torch.tensor([r.trajectory.behaviour_logprobs for r in rows]),
+        behaviour_known=torch.tensor([r.trajectory.behaviour_known for r in rows]),
         distill_weight=torch.tensor([r.weight if r.kind == "distill" else 0.0 for r in rows]),
         is_distill=torch.tensor([r.kind == "distill" for r in rows]),
         versions=tuple(r.trajectory.weight_version for r in rows),
