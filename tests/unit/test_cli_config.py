@@ -47,15 +47,15 @@ def no_work(monkeypatch):
 
 @pytest.mark.parametrize("override", TABLE + _field_rows())
 def test_bad_setting_is_one_line(override, tmp_path, capsys):
-    clock = time.process_time()
+    clock = time.thread_time()  # this thread's CPU: threads other tests left running do not count
     code = main(["train", "steps=1", f"out_dir={tmp_path}/run", f"model.cache_dir={tmp_path}/cache", override])
-    seconds = time.process_time() - clock
+    seconds = time.thread_time() - clock
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     key = override.split("=")[0]
     assert key.split(".")[-1] in err or (key == "env" and "env.name" in err), err
-    assert seconds < 1.0
+    assert seconds < 2.0  # config checks only: a model load or warm-up takes minutes
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "broken-json", "no-weights"])
