@@ -37,7 +37,8 @@ def fixed_batch(rows: int, seq: int, vocab: int) -> TrainBatch:
     return TrainBatch(
         input_ids=ids[:, :-1], targets=ids[:, 1:], loss_mask=mask,
         advantages=torch.randn(rows, 1, generator=g).expand(rows, seq).contiguous(), rollout_logprobs=-mask,
-        behaviour_known=torch.ones(rows, dtype=torch.bool), distill_weight=torch.zeros(rows), is_distill=torch.zeros(rows, dtype=torch.bool), versions=(0,) * rows,
+        behaviour_known=torch.ones(rows, dtype=torch.bool), distill_weight=torch.zeros(rows),
+        is_distill=torch.zeros(rows, dtype=torch.bool), versions=(0,) * rows,
         temperatures=torch.ones(rows), lengths=torch.full((rows,), seq),
     )
 

@@ -244,9 +244,10 @@ class MegatronTrainer:
         b, t = input_ids.shape
         zeros = torch.zeros(b, t)
         batch = TrainBatch(
-            input_ids, targets, torch.ones(b, t), zeros, zeros, torch.ones(b, dtype=torch.bool), torch.zeros(b),
-            torch.zeros(b, dtype=torch.bool), (0,) * b, torch.ones(b) if temperatures is None else temperatures,
-            torch.full((b,), t),
+            input_ids=input_ids, targets=targets, loss_mask=torch.ones(b, t), advantages=zeros, rollout_logprobs=zeros,
+            behaviour_known=torch.ones(b, dtype=torch.bool), distill_weight=torch.zeros(b),
+            is_distill=torch.zeros(b, dtype=torch.bool), versions=(0,) * b,
+            temperatures=torch.ones(b) if temperatures is None else temperatures, lengths=torch.full((b,), t),
         )
         logp = self._batch_logprobs(self.ddp, self.model, batch)
         return logp if parallel_state.is_pipeline_last_stage() else None
