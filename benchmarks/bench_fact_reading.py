@@ -4,8 +4,9 @@
 
 On the RL task's held-out tasks: the correct statement of its hidden facts, an empty reflection (the initial
 prompt) and the swapped statement (`tests/integration/test_reflection_content.py` asserts correct > empty >
-wrong). Then on worlds drawn like the warm-up's (facts it may show): correct, none and swapped. Builds the base
-policy first if it is not cached.
+wrong). Then on worlds drawn like the warm-up's (facts it may show): correct, none and swapped. And a floor that
+needs no reading: a blind script pressing down and right in turn on the RL tasks. Builds the base policy first
+if it is not cached.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ def success(c, make_env_fn, seeds: list[int], system: str, params: SamplingParam
     return sum(e.reward >= 1 for e in episodes) / len(episodes)
 
 
+def blind_success(make_env_fn, seeds: list[int], moves=("down", "right")) -> float:
+    """Success of a script that ignores the map and presses `moves` in turn."""
+    wins = 0.0
+    for seed in seeds:
+        env, turn = make_env_fn(), 0
+        env.reset(seed)
+        while not (result := env.step(f"<action>{moves[turn % len(moves)]}</action>")).done:
+            turn += 1
+        wins += result.reward >= 1
+    return wins / len(seeds)
+
+
 def main(overrides: list[str]) -> None:
     cfg = load_config(overrides)
     c = build(cfg, Console())
@@ -43,6 +56,7 @@ def main(overrides: list[str]) -> None:
     rl = {name: success(c, c.make_env, seeds, prompt(stated), params)
           for name, stated in {"correct": facts, "empty": {}, "wrong": swapped(facts)}.items()}
     print(f"RL task, {RL_TASKS} held-out tasks: " + ", ".join(f"{k} {v:.1%}" for k, v in rl.items()))
+    print(f"a blind script on the same tasks (down and right in turn): {blind_success(c.make_env, seeds):.1%}")
     rng, worlds = random.Random(5), {"correct": 0.0, "none": 0.0, "wrong": 0.0}
     for k in range(WORLDS):
         drawn = draw_facts(facts, rng)
