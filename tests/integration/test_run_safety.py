@@ -49,11 +49,13 @@ def comparable(rows):
 
 
 def wait_for(predicate, proc, timeout=300.0):
+    """The predicate's first truthy value (asking twice races: the run's children change between two looks)."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
+    return value
 
 
 def slow_writer_script(path, args):
@@ -98,8 +100,7 @@ def test_a_sigkilled_writer_stops_the_run_in_one_line(cache, tmp_path):
     out = tmp_path / "run"
     run = start(slow_writer_script(tmp_path / "train.py", argv(cache, out, steps=2)[4:]))
     try:
-        wait_for(lambda: writers_writing(out, run), run)
-        victim = writers_writing(out, run)[0].pid
+        victim = wait_for(lambda: writers_writing(out, run), run)[0].pid
         clock = time.monotonic()
         os.kill(victim, signal.SIGKILL)  # as the OOM killer would
         err = run.communicate(timeout=60)[1].strip().splitlines()[-1]
