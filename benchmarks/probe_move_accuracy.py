@@ -2,7 +2,7 @@
 
     python benchmarks/probe_move_accuracy.py [overrides, e.g. model.cache_dir=DIR]
 
-Fresh demonstrations (the warm-up's generator, another seed) are scored by the base policy: at every move of
+Fresh demonstrations (the warm-up's generator and episode count, another seed) are scored by the base policy: at every move of
 every demonstrated attempt, the policy's likeliest of the four move words against the demonstrator's, grouped
 by prompt (initial / stating facts) and situation (first move, right after a move that did not move the agent,
 any other). Beside each accuracy, the share of the group's most common move: a policy that ignores the state
@@ -24,7 +24,7 @@ from erl_mega.model.demos import MOVES, demonstrations
 from erl_mega.rollout.chat import ChatFormat
 from erl_mega.run import build
 
-EPISODES, SEED = 150, 12345
+SEED = 12345  # the demonstrations' seed: not the warm-up's (0), so the episodes are fresh
 
 
 def situation(step: int, previous_observation: str) -> str:
