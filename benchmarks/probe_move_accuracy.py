@@ -2,11 +2,11 @@
 
     python benchmarks/probe_move_accuracy.py [overrides, e.g. model.cache_dir=DIR]
 
-Fresh demonstrations (the warm-up's generator and episode count, another seed) are scored by the base policy: at every move of
-every demonstrated attempt, the policy's likeliest of the four move words against the demonstrator's, grouped
-by prompt (initial / stating facts) and situation (first move, right after a move that did not move the agent,
-any other). Beside each accuracy, the share of the group's most common move: a policy that ignores the state
-scores that, no more. Builds the base policy first if it is not cached.
+Fresh demonstrations (the warm-up's generator and episode count, another seed) are scored by the base
+policy: at every move of every demonstrated attempt, the policy's likeliest of the four move words against
+the demonstrator's, grouped by prompt (initial / stating facts) and situation (first move, right after a move
+that did not move the agent, any other). Beside each accuracy, the share of the group's most common move: a
+policy that ignores the state scores that, no more. Builds the base policy first if it is not cached.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main(overrides: list[str]) -> None:
         ids = torch.tensor([tr.token_ids()])
         with torch.no_grad():
             logits = model(ids).logits[0]
-        prompt = "initial prompt" if "The " not in chat.tokenizer.decode(list(tr.segments[0].token_ids)) else "facts stated"
+        prompt = "initial prompt" if row.role == "attempt1" else "facts stated"  # attempts 2 play under stated facts
         position, step, previous = 0, 0, ""
         for segment in tr.segments:
             if segment.logprobs is not None and step < len(tr.turns):  # an assistant reply: find its move token
